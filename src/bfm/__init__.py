@@ -1,0 +1,10 @@
+"""BFM: the reproducible pipeline behind the Biodiversity Foundation Model for Europe."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("bfm")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

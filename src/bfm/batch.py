@@ -1,0 +1,249 @@
+"""The batch contract, schema ``bfm-batch/1`` (DESIGN.md §5).
+
+A batch holds two consecutive model times (t0, t0 + step) of every modality on the grid, in
+one HDF5 file ``results/batches/<YYYYMMDDTHH>.h5``:
+
+- root datasets ``time`` (int64 seconds since 1970-01-01, (2,)), ``latitude`` (descending),
+  ``longitude``; ``level`` groups carry their ``level`` coordinate (hPa) and the ``species``
+  group carries ``species_key`` (GBIF keys, int64): the per-species embeddings live in the
+  species table and are looked up by key;
+- one group per variable group, one float32 dataset per variable, NaN = missing:
+
+  ======================  ==========  ===================================
+  kind                    example     shape
+  ======================  ==========  ===================================
+  ``time``                surface     ``(2, lat, lon)``
+  ``static``              static      ``(lat, lon)``
+  ``level``               atmospheric ``(2, level, lat, lon)``
+  ``species``             species     ``(2, species_key, lat, lon)``
+  ======================  ==========  ===================================
+
+- root attrs: ``schema``, ``times`` (ISO strings), ``step``, ``grid`` (JSON), ``groups``
+  and provenance (``bfm_version``, ``git_commit``, ``config_hash``).
+
+Files are written with h5netcdf (netCDF4 dimension scales), so they open with h5py and with
+``xarray.open_dataset(path, engine="h5netcdf", group="surface")``. Never a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import h5netcdf
+import h5py
+import numpy as np
+import pandas as pd
+
+from bfm.grid import Grid
+
+SCHEMA = "bfm-batch/1"
+GroupKind = Literal["time", "static", "level", "species"]
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    kind: GroupKind
+    variables: tuple[str, ...]
+
+
+GROUPS: dict[str, GroupSpec] = {
+    "surface": GroupSpec("time", ("t2m", "msl", "u10", "v10")),
+    "static": GroupSpec("static", ("z", "lsm", "slt")),
+    "atmospheric": GroupSpec("level", ("z", "t", "u", "v", "q")),
+    "species": GroupSpec("species", ("occurrence",)),
+}
+DIMS: dict[GroupKind, tuple[str, ...]] = {
+    "time": ("time", "latitude", "longitude"),
+    "static": ("latitude", "longitude"),
+    "level": ("time", "level", "latitude", "longitude"),
+    "species": ("time", "species_key", "latitude", "longitude"),
+}
+UNITS = {"t2m": "K", "msl": "Pa", "u10": "m s-1", "v10": "m s-1", "z": "m2 s-2", "lsm": "1",
+         "slt": "1", "t": "K", "u": "m s-1", "v": "m s-1", "q": "kg kg-1", "occurrence": "1"}
+
+
+class BatchError(ValueError):
+    """A batch (file) breaks the bfm-batch/1 contract."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Two model times of every variable group on one grid.
+
+    Attributes:
+        times: (t0, t0 + step).
+        step: the configured step (``6h``, ``1D``, ``1MS``).
+        grid: the grid all fields lie on.
+        levels: pressure levels in hPa, ``(L,)``.
+        species: GBIF species keys, ``(S,)``.
+        groups: ``{group: {variable: float32 array}}``, shapes as in the module docstring.
+        attrs: provenance and any extra string attributes.
+    """
+
+    times: tuple[pd.Timestamp, pd.Timestamp]
+    step: str
+    grid: Grid
+    levels: np.ndarray
+    species: np.ndarray
+    groups: dict[str, dict[str, np.ndarray]]
+    attrs: dict[str, str] = field(default_factory=dict)
+    source: str = "<memory>"
+    require: tuple[str, ...] = tuple(GROUPS)
+
+    def __post_init__(self) -> None:
+        validate(self, self.require)
+
+    def expected_shape(self, group: str) -> tuple[int, ...]:
+        sizes = {"time": 2, "level": len(self.levels), "species_key": len(self.species),
+                 "latitude": self.grid.n_lat, "longitude": self.grid.n_lon}
+        return tuple(sizes[d] for d in DIMS[GROUPS[group].kind])
+
+
+def validate(batch: Batch, require: tuple[str, ...] = tuple(GROUPS)) -> None:
+    """Raise BatchError naming the source and the field if ``batch`` breaks the contract."""
+    where = batch.source
+    t0, t1 = batch.times
+    if not t1 > t0:
+        raise BatchError(f"{where}: times must increase, got {t0} and {t1}")
+    for name in require:
+        if name not in batch.groups:
+            raise BatchError(f"{where}: missing group {name!r} (required: {list(require)})")
+    for name, variables in batch.groups.items():
+        if name not in GROUPS:
+            raise BatchError(f"{where}: unknown group {name!r} (known: {list(GROUPS)})")
+        spec = GROUPS[name]
+        missing = [v for v in spec.variables if v not in variables]
+        if missing:
+            raise BatchError(f"{where}: group {name!r} lacks variables {missing}")
+        expected = batch.expected_shape(name)
+        for var, arr in variables.items():
+            if arr.dtype != np.float32:
+                raise BatchError(f"{where}: {name}/{var} has dtype {arr.dtype}, expected float32")
+            if arr.shape != expected:
+                raise BatchError(
+                    f"{where}: {name}/{var} has shape {arr.shape}, expected {expected} "
+                    f"{DIMS[spec.kind]}"
+                )
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    # One chunk per 2-D field (lat, lon): a reader of one level or species reads one chunk.
+    return tuple([1] * (len(shape) - 2) + list(shape[-2:]))
+
+
+def write_batch(batch: Batch, path: str | Path, provenance: dict[str, str]) -> Path:
+    """Write atomically (temp file + rename): a failure never leaves a half-written batch."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5netcdf.File(tmp, "w") as f:
+            _write(f, batch, provenance)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str]) -> None:
+    g = batch.grid
+    f.dimensions = {"time": 2, "latitude": g.n_lat, "longitude": g.n_lon}
+    seconds = np.array([pd.Timestamp(t).value // 10**9 for t in batch.times], dtype=np.int64)
+    _coord(f, "time", seconds, units="seconds since 1970-01-01", calendar="proleptic_gregorian",
+           standard_name="time")
+    _coord(f, "latitude", g.latitudes, units="degrees_north", standard_name="latitude")
+    _coord(f, "longitude", g.longitudes, units="degrees_east", standard_name="longitude")
+    for gname, variables in batch.groups.items():
+        grp = f.create_group(gname)
+        kind = GROUPS[gname].kind
+        if kind == "level":
+            grp.dimensions = {"level": len(batch.levels)}
+            _coord(grp, "level", np.asarray(batch.levels, dtype=np.int64), units="hPa",
+                   positive="down", standard_name="air_pressure")
+        elif kind == "species":
+            grp.dimensions = {"species_key": len(batch.species)}
+            _coord(grp, "species_key", np.asarray(batch.species, dtype=np.int64),
+                   long_name="GBIF species key")
+        for var, arr in variables.items():
+            v = grp.create_variable(var, DIMS[kind], data=arr, chunks=_chunks(arr.shape),
+                                    compression="gzip", compression_opts=4, shuffle=True,
+                                    fillvalue=np.float32(np.nan))
+            v.attrs["units"] = UNITS.get(var, "1")
+    f.attrs.update({
+        "schema": SCHEMA,
+        "times": json.dumps([pd.Timestamp(t).isoformat() for t in batch.times]),
+        "step": batch.step,
+        "grid": g.to_json(),
+        "groups": json.dumps(sorted(batch.groups)),
+        **{k: str(v) for k, v in batch.attrs.items()},
+        **provenance,
+    })
+
+
+def _coord(parent: h5netcdf.Group, name: str, data: np.ndarray, **attrs: str) -> None:
+    v = parent.create_variable(name, (name,), data=data)
+    v.attrs.update(attrs)
+
+
+def _attr(f: h5py.File, path: Path, key: str) -> str:
+    if key not in f.attrs:
+        raise BatchError(f"{path}: missing root attribute {key!r}")
+    value = f.attrs[key]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_batch(path: str | Path, require: tuple[str, ...] = tuple(GROUPS)) -> Batch:
+    """Read and validate a batch file; BatchError names the file and the field on any breach."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as err:
+        raise BatchError(f"{path}: cannot open as HDF5 ({err})") from err
+    with f:
+        schema = _attr(f, path, "schema")
+        if schema != SCHEMA:
+            raise BatchError(f"{path}: attribute 'schema' is {schema!r}, expected {SCHEMA!r}")
+        try:
+            grid = Grid.from_json(_attr(f, path, "grid"))
+            times = tuple(pd.Timestamp(t) for t in json.loads(_attr(f, path, "times")))
+            names = json.loads(_attr(f, path, "groups"))
+        except (ValueError, KeyError, TypeError) as err:
+            raise BatchError(f"{path}: bad root attribute: {err}") from err
+        if len(times) != 2:
+            raise BatchError(f"{path}: attribute 'times' must hold 2 times, got {len(times)}")
+        coords = {}
+        for name in ("time", "latitude", "longitude"):
+            if name not in f:
+                raise BatchError(f"{path}: missing coordinate dataset {name!r}")
+            coords[name] = f[name][()]
+        seconds = [pd.Timestamp(t).value // 10**9 for t in times]
+        if list(coords["time"]) != seconds:
+            raise BatchError(f"{path}: dataset 'time' {list(coords['time'])} != attrs {times}")
+        for name, expected in (("latitude", grid.latitudes), ("longitude", grid.longitudes)):
+            if coords[name].shape != expected.shape or not np.allclose(coords[name], expected):
+                raise BatchError(f"{path}: dataset {name!r} does not match the grid {grid}")
+        groups: dict[str, dict[str, np.ndarray]] = {}
+        levels, species = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        for gname in names:
+            if gname not in f or not isinstance(f[gname], h5py.Group):
+                raise BatchError(f"{path}: attribute 'groups' lists {gname!r} but no such group")
+            grp = f[gname]
+            kind = GROUPS[gname].kind if gname in GROUPS else None
+            coord = {"level": "level", "species": "species_key"}.get(kind or "")
+            if coord is not None:
+                if coord not in grp:
+                    raise BatchError(f"{path}: group {gname!r} lacks coordinate {coord!r}")
+                if kind == "level":
+                    levels = grp[coord][()]
+                else:
+                    species = grp[coord][()]
+            groups[gname] = {v: grp[v][()] for v in grp
+                             if v != coord and isinstance(grp[v], h5py.Dataset)}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f.attrs.items()}
+    batch = Batch(times=times, step=attrs.get("step", ""), grid=grid, levels=levels,
+                  species=species, groups=groups, attrs=attrs, source=str(path), require=require)
+    return batch
