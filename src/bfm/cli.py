@@ -13,35 +13,50 @@ import sys
 
 from bfm import __version__
 
-# Modules that contribute subcommands, in the order --help lists them.
-COMMAND_MODULES = (
-    "bfm.sources.commands",
-    "bfm.tiles",
-    "bfm.batches",
-    "bfm.stats_cli",
-    "bfm.train",
-    "bfm.evaluate",
-    "bfm.report",
-)
+# Subcommand -> (module that registers it, one-line help). Only the module of the command
+# being run is imported, so `bfm batch` does not pay for importing torch and deepspeed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("bfm.sources.commands", "write deterministic sample source files"),
+    "tile": ("bfm.tiles", "regrid source files into CF NetCDF tiles"),
+    "batch": ("bfm.batches", "assemble one bfm-batch/1 HDF5 file from tiles"),
+    "stats": ("bfm.stats_cli", "normalisation statistics over training batches"),
+    "train": ("bfm.train", "pre-train the BFM with DeepSpeed"),
+    "evaluate": ("bfm.evaluate", "score a trained model on held-out batches"),
+    "report": ("bfm.report", "figures and tables for the Snakemake report"),
+}
+COMMAND_MODULES = tuple(module for module, _ in COMMANDS.values())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the module of ``command`` is imported (all when None, none when "")."""
     parser = argparse.ArgumentParser(
         prog="bfm",
         description="Biodiversity Foundation Model pipeline: sources -> tiles -> batches -> "
         "statistics -> training -> evaluation -> report. Usually run by Snakemake "
-        "(see README.md); every step can also be run by hand.",
+        "(see README.md); every step can also be run by hand: bfm STEP --help.",
     )
     parser.add_argument("--version", action="version", version=f"bfm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(title="steps", metavar="STEP")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(argv)
+    parser = build_parser(command or "")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,7 +1,125 @@
-"""(being written)"""
+"""``bfm report``: figures and tables for ``snakemake --report``.
+
+``bfm report loss`` draws the training loss curve (SVG) from ``metrics.jsonl``;
+``bfm report scores`` renders the evaluation's ``scores.jsonl`` as an HTML table.
+"""
+
+from __future__ import annotations
 
 import argparse
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not a JSON line ({err})") from err
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{n}: record lacks field(s) {missing}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no records")
+    return rows
+
+
+def plot_loss(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(rows).sort_values("step")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(df["step"], df["loss"], lw=1, alpha=0.5, label="loss per step")
+    if len(df) >= 5:
+        window = max(2, len(df) // 10)
+        ax.plot(df["step"], df["loss"].rolling(window, min_periods=1).mean(), lw=2,
+                label=f"running mean ({window} steps)")
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss (normalised MSE)")
+    ax.set_yscale("log" if (df["loss"] > 0).all() else "linear")
+    ax.set_title(title or "BFM training loss")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+SCORE_COLUMNS = ("variable", "channel", "n", "rmse_model", "rmse_persistence",
+                 "rmse_climatology")
+
+
+def scores_table(rows: list[dict[str, Any]]) -> str:
+    """HTML table of the per-variable summaries (channel null), best RMSE in bold."""
+    summary = [r for r in rows if r.get("channel") is None] or rows
+    head = ("variable", "n", "model RMSE", "persistence RMSE", "climatology RMSE",
+            "skill vs persistence")
+    lines = ["<table class='scores'>", "<thead><tr>"
+             + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    for r in summary:
+        vals = [r["rmse_model"], r["rmse_persistence"], r["rmse_climatology"]]
+        best = min(v for v in vals if v is not None)
+        cells = [f"<b>{v:.4g}</b>" if v == best else f"{v:.4g}" for v in vals]
+        skill = 1 - r["rmse_model"] / r["rmse_persistence"] if r["rmse_persistence"] else float(
+            "nan")
+        lines.append(f"<tr><td>{html.escape(str(r['variable']))}</td><td>{r['n']}</td>"
+                     + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{skill:+.3f}</td></tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
+def write_scores_html(rows: list[dict[str, Any]], out: str | Path, title: str) -> Path:
+    doc = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>table{{border-collapse:collapse;font-family:sans-serif}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}
+</style></head><body>
+<h3>{html.escape(title)}</h3>
+<p>RMSE in physical units on the held-out batches; skill = 1 - model / persistence.</p>
+{scores_table(rows)}
+</body></html>
+"""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc)
+    return out
+
+
+def _run_loss(args: argparse.Namespace) -> int:
+    plot_loss(read_jsonl(args.metrics, ("step", "loss")), args.out)
+    return 0
+
+
+def _run_scores(args: argparse.Namespace) -> int:
+    rows = read_jsonl(args.scores, SCORE_COLUMNS)
+    write_scores_html(rows, args.out, "BFM scores on held-out batches")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Adds no subcommand yet."""
+    p = sub.add_parser("report", help="figures and tables for the Snakemake report",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = p.add_subparsers(title="items", metavar="ITEM", required=True)
+    pl = kinds.add_parser("loss", help="training loss curve (SVG/PNG) from metrics.jsonl")
+    pl.add_argument("--metrics", required=True, help="metrics.jsonl written by bfm train")
+    pl.add_argument("--out", required=True, help="output figure (.svg or .png)")
+    pl.set_defaults(func=_run_loss)
+    ps = kinds.add_parser("scores", help="HTML score table from scores.jsonl")
+    ps.add_argument("--scores", required=True, help="scores.jsonl written by bfm evaluate")
+    ps.add_argument("--out", required=True, help="output table (.html)")
+    ps.set_defaults(func=_run_scores)

@@ -1,0 +1,98 @@
+"""Load and validate the workflow config against workflow/schemas/config.schema.yaml.
+
+The same check runs in ``workflow/rules/common.smk`` (before any job) and in ``bfm`` commands
+that take a config, so a broken config stops early with one message naming the key and the
+rule it breaks.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pandas as pd
+import yaml
+
+from bfm.grid import Grid
+from bfm.timeaxis import batch_starts
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """The config breaks a rule of the schema or a cross-key rule."""
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _fill_defaults(schema: dict[str, Any], node: Any, root: dict[str, Any]) -> None:
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if not isinstance(node, dict):
+        return
+    for name, sub in schema.get("properties", {}).items():
+        if name not in node and "default" in sub:
+            node[name] = copy.deepcopy(sub["default"])
+        if name in node:
+            _fill_defaults(sub, node[name], root)
+
+
+def load_schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Return a validated copy with defaults filled in; raise ConfigError naming the key."""
+    schema = load_schema()
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(config),
+        key=lambda e: (len(e.absolute_path), _key(e.absolute_path)),
+    )
+    if errors:
+        err = errors[0]
+        raise ConfigError(
+            f"{source}: key '{_key(err.absolute_path)}' breaks the schema rule "
+            f"'{err.validator}' ({_key(err.absolute_schema_path)}): {err.message}"
+        )
+    resolved = copy.deepcopy(config)
+    _fill_defaults(schema, resolved, schema)
+    _check_cross_keys(resolved, source)
+    return resolved
+
+
+def _check_cross_keys(config: dict[str, Any], source: str) -> None:
+    try:
+        Grid.from_dict(config["grid"])
+    except ValueError as err:
+        raise ConfigError(f"{source}: key 'grid' is not a valid grid: {err}") from err
+    t = config["time"]
+    start, end, eval_start = (pd.Timestamp(t[k]) for k in ("start", "end", "eval_start"))
+    if not start < eval_start <= end:
+        raise ConfigError(
+            f"{source}: key 'time.eval_start' ({t['eval_start']}) must lie after time.start "
+            f"({t['start']}) and not after time.end ({t['end']})"
+        )
+    starts = batch_starts(t["start"], t["end"], t["step"])
+    n_train = int((starts < eval_start).sum())
+    n_eval = len(starts) - n_train
+    # Training pairs batch t with batch t + step, so each side needs two batches.
+    if n_train < 2 or n_eval < 2:
+        raise ConfigError(
+            f"{source}: keys 'time.*' give {n_train} training and {n_eval} held-out batches "
+            f"at step {t['step']}; each needs at least 2 (widen the window or move eval_start)"
+        )
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read config ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys, got {type(raw).__name__}")
+    return validate_config(raw, str(path))

@@ -1,0 +1,114 @@
+"""The bfm-batch/1 contract: round trip, h5py/xarray access, and refusals naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+from bfm.batch import SCHEMA, BatchError, read_batch, write_batch
+from tests.conftest import PROV, synthetic_batch
+
+
+def test_round_trip_preserves_every_array(small_grid, tmp_path):
+    batch = synthetic_batch(small_grid, "2010-01-01")
+    path = write_batch(batch, tmp_path / "20100101T00.h5", PROV)
+    back = read_batch(path)
+    assert back.times == batch.times
+    assert back.grid == small_grid
+    np.testing.assert_array_equal(back.levels, batch.levels)
+    np.testing.assert_array_equal(back.species, batch.species)
+    for group, variables in batch.groups.items():
+        for var, arr in variables.items():
+            np.testing.assert_array_equal(back.groups[group][var], arr)
+    assert back.attrs["schema"] == SCHEMA
+    assert {k: back.attrs[k] for k in PROV} == PROV
+
+
+def test_file_is_chunked_compressed_and_opens_with_xarray(small_grid, tmp_path):
+    path = write_batch(synthetic_batch(small_grid, "2010-01-01"), tmp_path / "b.h5", PROV)
+    with h5py.File(path) as f:
+        dset = f["atmospheric/t"]
+        assert dset.dtype == np.float32
+        assert dset.chunks == (1, 1, *small_grid.shape)
+        assert dset.compression == "gzip"
+    ds = xr.open_dataset(path, engine="h5netcdf", group="atmospheric")
+    assert ds["t"].dims == ("time", "level", "latitude", "longitude")
+    assert list(ds["level"].values[:2]) == [50, 100]
+    root = xr.open_dataset(path, engine="h5netcdf")
+    assert root["latitude"].values[0] > root["latitude"].values[-1]  # north first
+    species = xr.open_dataset(path, engine="h5netcdf", group="species")
+    assert species["occurrence"].dims == ("time", "species_key", "latitude", "longitude")
+
+
+def test_nan_is_kept_as_missing(small_grid, tmp_path):
+    batch = synthetic_batch(small_grid, "2010-01-01")
+    batch.groups["surface"]["t2m"][0, 0, 0] = np.nan
+    back = read_batch(write_batch(batch, tmp_path / "b.h5", PROV))
+    assert np.isnan(back.groups["surface"]["t2m"][0, 0, 0])
+
+
+def _corrupt(path: Path, edit) -> Path:
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: f.attrs.__setitem__("schema", "bfm-batch/0"), "attribute 'schema'"),
+        (lambda f: f.__delitem__("surface"), "'surface' but no such group"),
+        (lambda f: f["surface"].__delitem__("msl"), r"lacks variables \['msl'\]"),
+        (lambda f: f.attrs.__setitem__("times", '["2010-01-02", "2010-01-01"]'), "time"),
+        (lambda f: f.attrs.__delitem__("grid"), "missing root attribute 'grid'"),
+    ],
+)
+def test_reader_refuses_bad_files_naming_file_and_field(small_grid, tmp_path, edit, message):
+    path = write_batch(synthetic_batch(small_grid, "2010-01-01"), tmp_path / "bad.h5", PROV)
+    _corrupt(path, edit)
+    with pytest.raises(BatchError, match=message) as err:
+        read_batch(path)
+    assert str(path) in str(err.value)
+
+
+def test_reader_refuses_wrong_dtype_and_shape(small_grid, tmp_path):
+    path = write_batch(synthetic_batch(small_grid, "2010-01-01"), tmp_path / "b.h5", PROV)
+
+    def to_float64(f):
+        data = f["surface/t2m"][()]
+        del f["surface/t2m"]
+        f["surface"].create_dataset("t2m", data=data.astype(np.float64))
+
+    _corrupt(path, to_float64)
+    with pytest.raises(BatchError, match=r"surface/t2m has dtype float64"):
+        read_batch(path)
+
+    path2 = write_batch(synthetic_batch(small_grid, "2010-01-01"), tmp_path / "c.h5", PROV)
+
+    def crop(f):
+        data = f["surface/u10"][()]
+        del f["surface/u10"]
+        f["surface"].create_dataset("u10", data=data[:, :-1])
+
+    _corrupt(path2, crop)
+    with pytest.raises(BatchError, match=r"surface/u10 has shape \(2, 8, 13\), expected"):
+        read_batch(path2)
+
+
+def test_reader_refuses_a_non_hdf5_file(tmp_path):
+    path = tmp_path / "x.h5"
+    path.write_bytes(b"not hdf5 at all")
+    with pytest.raises(BatchError, match="cannot open as HDF5"):
+        read_batch(path)
+
+
+def test_failed_write_leaves_no_partial_file(small_grid, tmp_path):
+    batch = synthetic_batch(small_grid, "2010-01-01")
+    target = tmp_path / "b.h5"
+    with pytest.raises(TypeError):
+        write_batch(batch, target, {"bfm_version": object()})  # not storable as an attribute
+    assert list(tmp_path.iterdir()) == []

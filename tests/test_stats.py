@@ -1,0 +1,76 @@
+"""Statistics: mergeable partial sums give the exact pooled moments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bfm import cli
+from bfm.stats import Moments, batch_moments, load_stats, merge_all, save_stats
+from tests.conftest import synthetic_batch
+
+
+def test_moments_match_numpy_with_nan():
+    rng = np.random.default_rng(1)
+    x = rng.normal(101325, 1200, size=(3, 500))
+    x[0, :10] = np.nan
+    m = Moments.of(x)
+    for c in range(3):
+        v = x[c][np.isfinite(x[c])]
+        assert m.count[c] == v.size
+        assert m.nan_count[c] == x[c].size - v.size
+        assert m.mean[c] == pytest.approx(v.mean(), rel=1e-12)
+        assert m.std[c] == pytest.approx(v.std(), rel=1e-9)
+        assert (m.min[c], m.max[c]) == (v.min(), v.max())
+
+
+def test_merge_is_exact_whatever_the_split():
+    rng = np.random.default_rng(2)
+    x = rng.normal(280, 9, size=(2, 1000))
+    whole = Moments.of(x)
+    for cut in (1, 137, 999):
+        merged = Moments.of(x[:, :cut]).merge(Moments.of(x[:, cut:]))
+        np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
+        np.testing.assert_allclose(merged.std, whole.std, rtol=1e-9)
+        np.testing.assert_array_equal(merged.count, whole.count)
+        np.testing.assert_array_equal(merged.max, whole.max)
+
+
+def test_all_nan_channel_has_no_mean_and_unit_std(tmp_path):
+    m = Moments.of(np.full((1, 4), np.nan))
+    assert m.count[0] == 0 and np.isnan(m.mean[0])
+    save_stats({"surface/t2m": m}, tmp_path / "s.json", {})
+    mean, std = load_stats(tmp_path / "s.json").mean_std("surface", "t2m")
+    assert mean[0] == 0.0 and std[0] == 1.0
+
+
+def test_batch_moments_are_per_channel(small_grid):
+    batch = synthetic_batch(small_grid, "2010-01-01")
+    moments = batch_moments(batch)
+    assert moments["atmospheric/t"].count.shape == (13,)
+    assert moments["species/occurrence"].count.shape == (3,)
+    assert moments["surface/t2m"].count[0] == 2 * small_grid.n_lat * small_grid.n_lon
+    assert moments["static/lsm"].count[0] == small_grid.n_lat * small_grid.n_lon
+    level0 = batch.groups["atmospheric"]["t"][:, 0]
+    assert moments["atmospheric/t"].mean[0] == pytest.approx(level0.mean(dtype=np.float64))
+
+
+def test_cli_partial_and_merge_equal_one_pass(make_batch_file, tmp_path):
+    files = [str(make_batch_file(f"2010-01-0{d}", seed=d)) for d in range(1, 5)]
+    assert cli.main(["stats", "partial", "--batches", *files[:1], "--out", f"{tmp_path}/a.json"]) == 0
+    assert cli.main(["stats", "partial", "--batches", *files[1:], "--out", f"{tmp_path}/b.json"]) == 0
+    assert cli.main(["stats", "partial", "--batches", *files, "--out", f"{tmp_path}/all.json"]) == 0
+    assert cli.main(["stats", "merge", "--partials", f"{tmp_path}/a.json", f"{tmp_path}/b.json",
+                     "--out", f"{tmp_path}/merged.json"]) == 0
+    merged, whole = load_stats(tmp_path / "merged.json"), load_stats(tmp_path / "all.json")
+    assert merged.meta["batches"] == whole.meta["batches"]
+    for key, m in whole.variables.items():
+        np.testing.assert_allclose(merged.variables[key].mean, m.mean, rtol=1e-10)
+        np.testing.assert_allclose(merged.variables[key].std, m.std, rtol=1e-8)
+    assert merge_all([]) == {}
+
+
+def test_load_refuses_wrong_schema(tmp_path):
+    (tmp_path / "s.json").write_text('{"schema": "other", "variables": {}}')
+    with pytest.raises(ValueError, match="'schema' is 'other'"):
+        load_stats(tmp_path / "s.json")

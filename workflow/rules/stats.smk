@@ -1,0 +1,29 @@
+# Normalisation statistics over the training batches, from mergeable partial sums.
+
+
+rule stats_partial:
+    """Partial sums over the training batches that start in one month."""
+    input:
+        get_stats_partial_batches,
+    output:
+        "results/stats/partial/{period}.json",
+    log:
+        "logs/stats_partial/{period}.log",
+    conda:
+        "../../envs/geo.yaml"
+    shell:
+        "bfm stats partial --batches {input} --out {output} > {log} 2>&1"
+
+
+rule stats:
+    """Merge the monthly partial sums into per-variable, per-channel statistics."""
+    input:
+        get_stats_partials,
+    output:
+        "results/stats/stats.json",
+    log:
+        "logs/stats.log",
+    conda:
+        "../../envs/geo.yaml"
+    shell:
+        "bfm stats merge --partials {input} --out {output} > {log} 2>&1"
