@@ -74,3 +74,24 @@ def test_load_refuses_wrong_schema(tmp_path):
     (tmp_path / "s.json").write_text('{"schema": "other", "variables": {}}')
     with pytest.raises(ValueError, match="'schema' is 'other'"):
         load_stats(tmp_path / "s.json")
+
+
+def test_mpi_ranks_combine_exactly(make_batch_file, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mpirun = shutil.which("mpirun") or str(Path(sys.executable).with_name("mpirun"))
+    files = [str(make_batch_file(f"2010-01-0{d}", seed=d)) for d in range(1, 6)]
+    cmd = [mpirun, "--oversubscribe", "-np", "2", sys.executable, "-m", "bfm.cli", "stats",
+           "partial", "--mpi", "--batches", *files, "--out", f"{tmp_path}/mpi.json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert cli.main(["stats", "partial", "--batches", *files, "--out", f"{tmp_path}/one.json"]) == 0
+    mpi, one = load_stats(tmp_path / "mpi.json"), load_stats(tmp_path / "one.json")
+    assert sorted(mpi.meta["batches"]) == sorted(one.meta["batches"])
+    for key, m in one.variables.items():
+        np.testing.assert_array_equal(mpi.variables[key].count, m.count)
+        np.testing.assert_allclose(mpi.variables[key].mean, m.mean, rtol=1e-10)
+        np.testing.assert_allclose(mpi.variables[key].std, m.std, rtol=1e-8)

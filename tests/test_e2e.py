@@ -1,0 +1,116 @@
+"""End to end: the demo DAG in a temporary directory, then every artefact is checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import h5py
+import pytest
+import xarray as xr
+
+from bfm.batch import read_batch
+from bfm.stats import load_stats
+from bfm.workflow import Plan
+from tests.conftest import ROOT
+
+PROVENANCE_KEYS = ("bfm_version", "git_commit", "config_hash")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("demo")
+    for name in ("config", "resources"):
+        shutil.copytree(ROOT / name, workdir / name)
+    base = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"),
+            "-d", str(workdir)]
+    started = time.monotonic()
+    run = subprocess.run([*base, "--cores", "2"], capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-5000:]
+    print(f"demo DAG: {time.monotonic() - started:.0f} s")
+    report = subprocess.run([*base, "--report", "report.zip"], capture_output=True, text=True,
+                            timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    import yaml
+
+    return Plan(yaml.safe_load((ROOT / "config/config.yaml").read_text()))
+
+
+@pytest.mark.slow
+def test_tiles_open_with_xarray_and_carry_provenance(demo_run, plan):
+    from bfm.tiles import open_tile
+
+    tiles = sorted((demo_run / "results/tiles").rglob("*.nc"))
+    assert len(tiles) == 1 + 3 * len(plan.periods)
+    for path in tiles:
+        modality = path.parent.name
+        ds = open_tile(path, modality)
+        assert ds.attrs["Conventions"] == "CF-1.10"
+        assert all(ds.attrs[k] for k in PROVENANCE_KEYS)
+        assert (ds["latitude"].size, ds["longitude"].size) == plan.grid.shape
+        ds.close()
+        with xr.open_dataset(path) as raw:
+            assert raw.sizes["latitude"] == plan.grid.n_lat
+
+
+@pytest.mark.slow
+def test_every_batch_is_valid(demo_run, plan):
+    files = sorted((demo_run / "results/batches").glob("*.h5"))
+    assert [f.stem for f in files] == plan.batch_names()
+    for path in files:
+        batch = read_batch(path)
+        assert all(batch.attrs[k] for k in PROVENANCE_KEYS)
+        with h5py.File(path) as f:
+            assert f["surface/t2m"].compression == "gzip"
+    with xr.open_dataset(files[0], engine="h5netcdf", group="surface") as ds:
+        t2m = ds["t2m"].values
+    assert 230 < float(t2m.mean()) < 300  # Kelvin, winter over central Europe
+
+
+@pytest.mark.slow
+def test_statistics_cover_exactly_the_training_batches(demo_run, plan):
+    stats = load_stats(demo_run / "results/stats/stats.json")
+    assert stats.meta["batches"] == [f"{t0}.h5" for t0 in plan.batch_names("train")]
+    mean, std = stats.mean_std("atmospheric", "t")
+    assert mean.shape == (len(plan.config["levels"]),)
+    assert mean[0] < mean[-1]  # colder at 50 hPa than at 1000 hPa
+
+
+@pytest.mark.slow
+def test_checkpoint_loads_and_meta_is_complete(demo_run, plan):
+    from bfm.checkpoint import load_model
+
+    run_dir = demo_run / "results/models/demo"
+    meta = json.loads((run_dir / "meta.json").read_text())
+    for key in ("config", "stats_sha256", *PROVENANCE_KEYS):
+        assert meta.get(key), key
+    assert meta["config"] == plan.config
+    model, loaded_meta = load_model(run_dir)
+    assert loaded_meta["steps_done"] == plan.config["train"]["steps"]
+    assert sum(p.numel() for p in model.parameters()) == meta["parameters"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == plan.config["train"]["steps"]
+
+
+@pytest.mark.slow
+def test_held_out_scores_and_report(demo_run):
+    rows = [json.loads(x) for x in
+            (demo_run / "results/eval/demo/scores.jsonl").read_text().splitlines()]
+    summary = {r["variable"]: r for r in rows if r["channel"] is None}
+    assert {"surface/t2m", "surface/msl", "atmospheric/t", "species/occurrence"} <= set(summary)
+    for r in summary.values():
+        assert r["n"] > 0 and r["rmse_model"] >= 0 and r["rmse_persistence"] >= 0
+    with zipfile.ZipFile(demo_run / "report.zip") as z:
+        names = z.namelist()
+    assert any(n.endswith("loss.svg") for n in names), names
+    assert any(n.endswith("scores.html") for n in names), names
