@@ -52,7 +52,9 @@ rule sample_gbif:
         start=config["time"]["start"],
         end=config["time"]["end"],
         seed=config["sources"]["gbif"]["seed"],
+        # Occurrences follow the same sample climate as the ERA5 sample files.
+        climate_seed=config["sources"]["era5"]["seed"],
     shell:
         "bfm sample gbif --species {input.species} --start {params.start}"
         " --end {params.end} --grid {params.grid} --seed {params.seed}"
-        " --out {output} > {log} 2>&1"
+        " --climate-seed {params.climate_seed} --out {output} > {log} 2>&1"

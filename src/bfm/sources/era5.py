@@ -1,0 +1,331 @@
+"""ERA5 from the Copernicus Climate Data Store: request, sample and open.
+
+Three download units (``group``), each one netCDF file in the new-CDS layout (since 2024-09):
+
+- ``surface``: t2m (K), msl (Pa), u10, v10 (m s-1); 6-hourly, one calendar month per file;
+- ``atmospheric``: z (m2 s-2), t (K), u, v (m s-1), q (kg kg-1) on pressure levels; 6-hourly,
+  one month per file;
+- ``static``: z (surface geopotential, m2 s-2), lsm (land fraction 0..1), slt (soil type 0..7,
+  0 = water, stored as float32 like ERA5); one time.
+
+Native layout: dims ``(valid_time, [pressure_level], latitude, longitude)``; ``valid_time`` int64
+seconds since 1970-01-01; ``pressure_level`` float64 hPa, stored decreasing; latitude descending;
+scalar coordinate ``number`` and string ``expver`` per time; float32 variables with internal
+zlib compression and a NaN ``_FillValue``.
+
+The native grid is 0.25 deg and covers the target grid's cells completely: the 0.25 deg cells
+whose union contains the target's outer cell edges (what a CDS ``area`` request for that box
+returns). ``open`` reads this layout (and the old-CDS ``time``/``level`` layout) into a
+normalised in-memory Dataset: dims ``(time, [level], latitude, longitude)``, time as
+datetime64, level int hPa ascending, latitude descending, longitude ascending in [-180, 180).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bfm.cliutil import DEFAULT_LEVELS
+from bfm.grid import Grid
+from bfm.sources import manifest
+from bfm.sources.climate import Climate
+
+NATIVE_RES = 0.25
+GROUPS = ("surface", "atmospheric", "static")
+DATASETS = {
+    "surface": "reanalysis-era5-single-levels",
+    "atmospheric": "reanalysis-era5-pressure-levels",
+    "static": "reanalysis-era5-single-levels",
+}
+STATIC_TIME = "2000-01-01T00:00"  # invariants: CDS returns them at the requested date
+LICENCE = "Licence to use Copernicus products"
+CITATION = (
+    "Hersbach, H. et al. (2020) The ERA5 global reanalysis, Q. J. R. Meteorol. Soc. 146, "
+    "1999-2049; ERA5 single levels doi:10.24381/cds.adbb2d47, pressure levels "
+    "doi:10.24381/cds.bd0915c6. Contains modified Copernicus Climate Change Service information."
+)
+
+
+@dataclass(frozen=True)
+class Variable:
+    short_name: str
+    request_name: str
+    units: str
+    long_name: str
+    standard_name: str | None
+    param_id: int
+
+
+_V = Variable
+VARIABLES: dict[str, tuple[Variable, ...]] = {
+    "surface": (
+        _V("t2m", "2m_temperature", "K", "2 metre temperature", "air_temperature", 167),
+        _V("msl", "mean_sea_level_pressure", "Pa", "Mean sea level pressure",
+           "air_pressure_at_mean_sea_level", 151),
+        _V("u10", "10m_u_component_of_wind", "m s**-1", "10 metre U wind component",
+           "eastward_wind", 165),
+        _V("v10", "10m_v_component_of_wind", "m s**-1", "10 metre V wind component",
+           "northward_wind", 166),
+    ),
+    "atmospheric": (
+        _V("z", "geopotential", "m**2 s**-2", "Geopotential", "geopotential", 129),
+        _V("t", "temperature", "K", "Temperature", "air_temperature", 130),
+        _V("u", "u_component_of_wind", "m s**-1", "U component of wind", "eastward_wind", 131),
+        _V("v", "v_component_of_wind", "m s**-1", "V component of wind", "northward_wind", 132),
+        _V("q", "specific_humidity", "kg kg**-1", "Specific humidity", "specific_humidity", 133),
+    ),
+    "static": (
+        _V("z", "geopotential", "m**2 s**-2", "Geopotential", "geopotential", 129),
+        _V("lsm", "land_sea_mask", "(0 - 1)", "Land-sea mask", "land_binary_mask", 172),
+        _V("slt", "soil_type", "~", "Soil type", None, 43),
+    ),
+}  # fmt: skip
+COORD_ATTRS = {
+    "number": {"long_name": "ensemble member numerical id", "units": "1",
+               "standard_name": "realization"},
+    "valid_time": {"long_name": "time", "standard_name": "time",
+                   "units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"},
+    "pressure_level": {"units": "hPa", "long_name": "pressure", "standard_name": "air_pressure",
+                       "positive": "down", "stored_direction": "decreasing"},
+    "latitude": {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude",
+                 "stored_direction": "decreasing"},
+    "longitude": {"units": "degrees_east", "standard_name": "longitude",
+                  "long_name": "longitude"},
+    "expver": {"long_name": "expver"},
+}  # fmt: skip
+
+
+def check_group(group: str) -> str:
+    if group not in GROUPS:
+        raise ValueError(f"era5: group {group!r} is not one of {GROUPS}")
+    return group
+
+
+def native_grid(target: Grid) -> Grid:
+    """The 0.25 deg grid whose cells cover every cell of ``target`` (see the module doc)."""
+    half = NATIVE_RES / 2
+
+    def snap(x: float, rounding: Callable[[float], int]) -> float:
+        return rounding(round(x / NATIVE_RES, 9)) * NATIVE_RES
+
+    lat_e, lon_e = target.lat_edges(), target.lon_edges()
+    return Grid(
+        lat_min=max(snap(lat_e[-1] + half, math.floor), -90.0),
+        lat_max=min(snap(lat_e[0] - half, math.ceil), 90.0),
+        lon_min=snap(lon_e[0] + half, math.floor),
+        lon_max=snap(lon_e[-1] - half, math.ceil),
+        res=NATIVE_RES,
+    )
+
+
+def month_times(period: str) -> pd.DatetimeIndex:
+    """The 6-hourly times (00, 06, 12, 18 UTC) of every day of a ``YYYY-MM`` month."""
+    try:
+        start = pd.Timestamp(f"{period}-01")
+    except ValueError as err:
+        raise ValueError(f"era5: period {period!r} is not of the form YYYY-MM") from err
+    if start.strftime("%Y-%m") != period:
+        raise ValueError(f"era5: period {period!r} is not of the form YYYY-MM")
+    return pd.date_range(start, start + pd.offsets.MonthBegin(1), freq="6h", inclusive="left")
+
+
+def request(
+    group: str, grid: Grid, period: str | None, levels: Sequence[int] = DEFAULT_LEVELS
+) -> dict:
+    """The CDS request (as the web form writes it) for one download unit on ``grid``."""
+    check_group(group)
+    native = native_grid(grid)
+    times = pd.DatetimeIndex([STATIC_TIME]) if group == "static" else month_times(str(period))
+    req: dict = {
+        "product_type": ["reanalysis"],
+        "variable": [v.request_name for v in VARIABLES[group]],
+        "year": sorted({f"{t.year}" for t in times}),
+        "month": sorted({f"{t.month:02d}" for t in times}),
+        "day": sorted({f"{t.day:02d}" for t in times}),
+        "time": sorted({t.strftime("%H:%M") for t in times}),
+        "area": [native.lat_max, native.lon_min, native.lat_min, native.lon_max],
+        "data_format": "netcdf",
+        "download_format": "unarchived",
+    }
+    if group == "atmospheric":
+        req["pressure_level"] = [str(level) for level in sorted(levels)]
+    return {"dataset": DATASETS[group], "request": req}
+
+
+def _fields(group: str, climate: Climate, times, levels, native: Grid) -> dict[str, np.ndarray]:
+    lat, lon = native.latitudes, native.longitudes
+    surf = climate.surface(lat, lon)
+    if group == "static":
+        g = 9.80665
+        return {"z": (g * surf.orography)[None], "lsm": surf.lsm[None], "slt": surf.slt[None]}
+    if group == "surface":
+        u10, v10 = climate.wind10(times, lat, lon, surf)
+        return {
+            "t2m": climate.t2m(times, lat, lon, surf),
+            "msl": climate.msl(times, lat, lon),
+            "u10": u10,
+            "v10": v10,
+        }
+    return climate.pressure_levels(times, levels, lat, lon, surf, dtype=np.float32)
+
+
+def sample_dataset(
+    group: str,
+    grid: Grid,
+    period: str | None = None,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+    seed: int = 0,
+) -> xr.Dataset:
+    """A synthetic ERA5 download unit for ``grid`` (pure; see the module doc for the layout)."""
+    check_group(group)
+    if group == "static":
+        times = pd.DatetimeIndex([STATIC_TIME])
+    elif period is None:
+        raise ValueError(f"era5: group {group!r} needs a period (YYYY-MM)")
+    else:
+        times = month_times(period)
+    native = native_grid(grid)
+    levels_desc = sorted(levels, reverse=True)  # the CDS stores pressure_level decreasing
+    values = _fields(group, Climate.from_seed(seed), times.values, levels_desc, native)
+    dims = ("valid_time", "pressure_level", "latitude", "longitude")
+    if group != "atmospheric":
+        dims = ("valid_time", "latitude", "longitude")
+    data_vars = {
+        var.short_name: (dims, values[var.short_name].astype(np.float32), _var_attrs(var, group))
+        for var in VARIABLES[group]
+    }
+    coords = {
+        "number": ((), np.int64(0)),
+        "valid_time": ("valid_time", times.values.astype("datetime64[s]").astype(np.int64)),
+        "latitude": ("latitude", native.latitudes),
+        "longitude": ("longitude", native.longitudes),
+        "expver": ("valid_time", np.array(["0001"] * len(times), dtype=object)),
+    }
+    if group == "atmospheric":
+        coords["pressure_level"] = ("pressure_level", np.asarray(levels_desc, dtype=np.float64))
+    coords = {name: (*value, COORD_ATTRS[name]) for name, value in coords.items()}
+    attrs = {
+        "GRIB_centre": "ecmf",
+        "GRIB_centreDescription": "European Centre for Medium-Range Weather Forecasts",
+        "GRIB_subCentre": 0,
+        "Conventions": "CF-1.7",
+        "institution": "European Centre for Medium-Range Weather Forecasts",
+        # No wall-clock time: the same seed gives the same file.
+        "history": f"bfm sample era5: synthetic {DATASETS[group]} ({group}), seed={seed}, "
+        "written in the new-CDS netCDF layout",
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _var_attrs(var: Variable, group: str) -> dict:
+    attrs = {
+        "units": var.units,
+        "long_name": var.long_name,
+        "GRIB_paramId": var.param_id,
+        "GRIB_shortName": var.short_name,
+        "GRIB_units": var.units,
+        "GRIB_name": var.long_name,
+        "GRIB_stepType": "instant",
+        "GRIB_typeOfLevel": "isobaricInhPa" if group == "atmospheric" else "surface",
+        "GRIB_gridType": "regular_ll",
+    }
+    if var.standard_name:
+        attrs["standard_name"] = var.standard_name
+    return attrs
+
+
+def _encoding(ds: xr.Dataset) -> dict:
+    enc: dict = {}
+    for name, var in ds.data_vars.items():
+        chunks = tuple(1 if d == "valid_time" else ds.sizes[d] for d in var.dims)
+        enc[name] = {
+            "zlib": True,
+            "complevel": 1,
+            "shuffle": True,
+            "chunksizes": chunks,
+            "_FillValue": np.float32(np.nan),
+        }
+    for name in ("valid_time", "latitude", "longitude", "pressure_level", "number"):
+        if name in ds.variables:
+            enc[name] = {"_FillValue": None}
+    return enc
+
+
+def sample(
+    path: str | Path,
+    group: str,
+    grid: Grid,
+    period: str | None = None,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+    seed: int = 0,
+) -> Path:
+    """Write a synthetic ERA5 file and its manifest; returns the file's path."""
+    path = Path(path)
+    ds = sample_dataset(group, grid, period, levels, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest.write_manifest(
+        path,
+        source="era5",
+        request=request(group, grid, period, levels),
+        url=f"sample:era5?seed={seed}",
+        licence=LICENCE,
+        citation=CITATION,
+    )
+    return path
+
+
+def open(path: str | Path, group: str | None = None) -> xr.Dataset:
+    """Read an ERA5 netCDF (new or old CDS layout) into the normalised in-memory form."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such ERA5 file")
+    try:
+        with xr.open_dataset(path) as raw:
+            ds = raw.load()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read as netCDF ({err})") from err
+    ds = ds.rename(
+        {
+            k: v
+            for k, v in {"valid_time": "time", "pressure_level": "level"}.items()
+            if k in ds.variables
+        }
+    )
+    ds = ds.drop_vars([c for c in ("number", "expver") if c in ds.variables])
+    for coord in ("latitude", "longitude"):
+        if coord not in ds.coords:
+            raise ValueError(f"{path}: missing coordinate {coord!r}")
+    if group is not None and check_group(group) != "static" and "time" not in ds.dims:
+        raise ValueError(f"{path}: missing time dimension 'valid_time' (or 'time')")
+    if "level" in ds.coords:
+        ds = ds.assign_coords(level=ds["level"].values.round().astype(np.int64))
+    lon = ds["longitude"].values
+    if (lon >= 180).any():
+        ds = ds.assign_coords(longitude=((lon + 180.0) % 360.0) - 180.0)
+    # Reorder only when needed: every sortby copies the whole month.
+    for coord, ascending in (("level", True), ("longitude", True), ("latitude", False)):
+        if coord in ds.coords and ds.sizes.get(coord, 1) > 1:
+            diffs = np.diff(ds[coord].values)
+            if not ((diffs > 0).all() if ascending else (diffs < 0).all()):
+                ds = ds.sortby(coord, ascending=ascending)
+    if group is not None:
+        for var in VARIABLES[group]:
+            if var.short_name not in ds.data_vars:
+                raise ValueError(f"{path}: missing variable {var.short_name!r} of group {group!r}")
+        if group == "atmospheric" and "level" not in ds.dims:
+            raise ValueError(f"{path}: missing dimension 'pressure_level' (or 'level')")
+    ds.encoding["source"] = str(path)
+    return ds
