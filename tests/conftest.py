@@ -55,5 +55,7 @@ def make_batch_file(tmp_path: Path, small_grid: Grid) -> Callable[..., Path]:
         return write_batch(batch, tmp_path / "batches" / name, PROV)
 
     return make
+
+
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")

@@ -27,14 +27,22 @@ def demo_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("demo")
     for name in ("config", "resources"):
         shutil.copytree(ROOT / name, workdir / name)
-    base = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow/Snakefile"),
-            "-d", str(workdir)]
+    base = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "workflow/Snakefile"),
+        "-d",
+        str(workdir),
+    ]
     started = time.monotonic()
     run = subprocess.run([*base, "--cores", "2"], capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-5000:]
     print(f"demo DAG: {time.monotonic() - started:.0f} s")
-    report = subprocess.run([*base, "--report", "report.zip"], capture_output=True, text=True,
-                            timeout=600)
+    report = subprocess.run(
+        [*base, "--report", "report.zip"], capture_output=True, text=True, timeout=600
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     return workdir
 
@@ -104,8 +112,10 @@ def test_checkpoint_loads_and_meta_is_complete(demo_run, plan):
 
 @pytest.mark.slow
 def test_held_out_scores_and_report(demo_run):
-    rows = [json.loads(x) for x in
-            (demo_run / "results/eval/demo/scores.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x)
+        for x in (demo_run / "results/eval/demo/scores.jsonl").read_text().splitlines()
+    ]
     summary = {r["variable"]: r for r in rows if r["channel"] is None}
     assert {"surface/t2m", "surface/msl", "atmospheric/t", "species/occurrence"} <= set(summary)
     for r in summary.values():

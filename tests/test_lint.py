@@ -10,13 +10,19 @@ from tests.conftest import ROOT
 
 
 def test_snakemake_lint_is_clean():
-    out = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_snakefmt_check_passes():
     snakefmt = shutil.which("snakefmt") or str(ROOT / ".venv/bin/snakefmt")
-    out = subprocess.run([snakefmt, "--check", "workflow/"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [snakefmt, "--check", "workflow/"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout + out.stderr

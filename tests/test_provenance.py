@@ -20,12 +20,16 @@ def test_workflow_hash_wins_over_settings(monkeypatch):
     assert provenance({"x": 1})["config_hash"] == config_hash({"x": 1})
     monkeypatch.setenv(ENV_CONFIG_HASH, "abc")
     prov = provenance({"x": 1})
-    assert prov == {"bfm_version": __version__, "git_commit": prov["git_commit"],
-                    "config_hash": "abc"}
+    assert prov == {
+        "bfm_version": __version__,
+        "git_commit": prov["git_commit"],
+        "config_hash": "abc",
+    }
     assert prov["git_commit"] == "unknown" or len(prov["git_commit"].split("-")[0]) == 40
 
 
 def test_cli_version():
-    out = subprocess.run([sys.executable, "-m", "bfm.cli", "--version"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "bfm.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and out.stdout.strip() == f"bfm {__version__}"

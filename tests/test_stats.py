@@ -57,11 +57,27 @@ def test_batch_moments_are_per_channel(small_grid):
 
 def test_cli_partial_and_merge_equal_one_pass(make_batch_file, tmp_path):
     files = [str(make_batch_file(f"2010-01-0{d}", seed=d)) for d in range(1, 5)]
-    assert cli.main(["stats", "partial", "--batches", *files[:1], "--out", f"{tmp_path}/a.json"]) == 0
-    assert cli.main(["stats", "partial", "--batches", *files[1:], "--out", f"{tmp_path}/b.json"]) == 0
+    assert (
+        cli.main(["stats", "partial", "--batches", *files[:1], "--out", f"{tmp_path}/a.json"]) == 0
+    )
+    assert (
+        cli.main(["stats", "partial", "--batches", *files[1:], "--out", f"{tmp_path}/b.json"]) == 0
+    )
     assert cli.main(["stats", "partial", "--batches", *files, "--out", f"{tmp_path}/all.json"]) == 0
-    assert cli.main(["stats", "merge", "--partials", f"{tmp_path}/a.json", f"{tmp_path}/b.json",
-                     "--out", f"{tmp_path}/merged.json"]) == 0
+    assert (
+        cli.main(
+            [
+                "stats",
+                "merge",
+                "--partials",
+                f"{tmp_path}/a.json",
+                f"{tmp_path}/b.json",
+                "--out",
+                f"{tmp_path}/merged.json",
+            ]
+        )
+        == 0
+    )
     merged, whole = load_stats(tmp_path / "merged.json"), load_stats(tmp_path / "all.json")
     assert merged.meta["batches"] == whole.meta["batches"]
     for key, m in whole.variables.items():
@@ -84,8 +100,22 @@ def test_mpi_ranks_combine_exactly(make_batch_file, tmp_path):
 
     mpirun = shutil.which("mpirun") or str(Path(sys.executable).with_name("mpirun"))
     files = [str(make_batch_file(f"2010-01-0{d}", seed=d)) for d in range(1, 6)]
-    cmd = [mpirun, "--oversubscribe", "-np", "2", sys.executable, "-m", "bfm.cli", "stats",
-           "partial", "--mpi", "--batches", *files, "--out", f"{tmp_path}/mpi.json"]
+    cmd = [
+        mpirun,
+        "--oversubscribe",
+        "-np",
+        "2",
+        sys.executable,
+        "-m",
+        "bfm.cli",
+        "stats",
+        "partial",
+        "--mpi",
+        "--batches",
+        *files,
+        "--out",
+        f"{tmp_path}/mpi.json",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert cli.main(["stats", "partial", "--batches", *files, "--out", f"{tmp_path}/one.json"]) == 0

@@ -34,7 +34,9 @@ def test_plan_splits_and_periods():
     assert plan.periods == ["2010-01", "2010-02"]
     # A batch that crosses a month boundary reads the tiles of both months, and only those.
     assert plan.batch_periods("20100131T00") == ["2010-01", "2010-02"]
-    assert plan.batch_tiles("20100115T00")["era5_surface"] == ["results/tiles/era5_surface/2010-01.nc"]
+    assert plan.batch_tiles("20100115T00")["era5_surface"] == [
+        "results/tiles/era5_surface/2010-01.nc"
+    ]
 
 
 def test_plan_monthly_and_six_hourly_steps():
@@ -60,8 +62,17 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, *args, "-s", str(ROOT / "workflow/Snakefile"), "-d", str(workdir), "-n",
-           "--quiet", "rules"]
+    cmd = [
+        *SNAKEMAKE,
+        *args,
+        "-s",
+        str(ROOT / "workflow/Snakefile"),
+        "-d",
+        str(workdir),
+        "-n",
+        "--quiet",
+        "rules",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -70,9 +81,16 @@ def test_targeted_batch_builds_exactly_its_inputs(workdir):
     assert out.returncode == 0, out.stderr
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, re.M))
     # Two months of tiles (the batch crosses into February), one batch, nothing else.
-    assert jobs == {"sample_era5": "4", "sample_era5_static": "1", "sample_gbif": "1",
-                    "tile_era5": "4", "tile_era5_static": "1", "tile_species": "2",
-                    "batch": "1", "total": "14"}, out.stdout
+    assert jobs == {
+        "sample_era5": "4",
+        "sample_era5_static": "1",
+        "sample_gbif": "1",
+        "tile_era5": "4",
+        "tile_era5_static": "1",
+        "tile_species": "2",
+        "batch": "1",
+        "total": "14",
+    }, out.stdout
 
 
 def test_targeted_batch_inside_one_month(workdir):
@@ -86,8 +104,12 @@ def test_broken_config_stops_before_any_job(workdir):
     cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
     cfg["time"]["step"] = "2h"
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
-    out = subprocess.run([*SNAKEMAKE, "-s", str(ROOT / "workflow/Snakefile"), "-d", str(workdir),
-                          "-c1"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [*SNAKEMAKE, "-s", str(ROOT / "workflow/Snakefile"), "-d", str(workdir), "-c1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     assert "key 'time.step' breaks the schema rule 'enum'" in out.stderr
     assert "no job was run" in out.stderr

@@ -62,8 +62,20 @@ DIMS: dict[GroupKind, tuple[str, ...]] = {
     "level": ("time", "level", "latitude", "longitude"),
     "species": ("time", "species_key", "latitude", "longitude"),
 }
-UNITS = {"t2m": "K", "msl": "Pa", "u10": "m s-1", "v10": "m s-1", "z": "m2 s-2", "lsm": "1",
-         "slt": "1", "t": "K", "u": "m s-1", "v": "m s-1", "q": "kg kg-1", "occurrence": "1"}
+UNITS = {
+    "t2m": "K",
+    "msl": "Pa",
+    "u10": "m s-1",
+    "v10": "m s-1",
+    "z": "m2 s-2",
+    "lsm": "1",
+    "slt": "1",
+    "t": "K",
+    "u": "m s-1",
+    "v": "m s-1",
+    "q": "kg kg-1",
+    "occurrence": "1",
+}
 
 
 class BatchError(ValueError):
@@ -98,8 +110,13 @@ class Batch:
         validate(self, self.require)
 
     def expected_shape(self, group: str) -> tuple[int, ...]:
-        sizes = {"time": 2, "level": len(self.levels), "species_key": len(self.species),
-                 "latitude": self.grid.n_lat, "longitude": self.grid.n_lon}
+        sizes = {
+            "time": 2,
+            "level": len(self.levels),
+            "species_key": len(self.species),
+            "latitude": self.grid.n_lat,
+            "longitude": self.grid.n_lon,
+        }
         return tuple(sizes[d] for d in DIMS[GROUPS[group].kind])
 
 
@@ -153,8 +170,14 @@ def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str]) -> None:
     g = batch.grid
     f.dimensions = {"time": 2, "latitude": g.n_lat, "longitude": g.n_lon}
     seconds = np.array([pd.Timestamp(t).value // 10**9 for t in batch.times], dtype=np.int64)
-    _coord(f, "time", seconds, units="seconds since 1970-01-01", calendar="proleptic_gregorian",
-           standard_name="time")
+    _coord(
+        f,
+        "time",
+        seconds,
+        units="seconds since 1970-01-01",
+        calendar="proleptic_gregorian",
+        standard_name="time",
+    )
     _coord(f, "latitude", g.latitudes, units="degrees_north", standard_name="latitude")
     _coord(f, "longitude", g.longitudes, units="degrees_east", standard_name="longitude")
     for gname, variables in batch.groups.items():
@@ -162,26 +185,45 @@ def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str]) -> None:
         kind = GROUPS[gname].kind
         if kind == "level":
             grp.dimensions = {"level": len(batch.levels)}
-            _coord(grp, "level", np.asarray(batch.levels, dtype=np.int64), units="hPa",
-                   positive="down", standard_name="air_pressure")
+            _coord(
+                grp,
+                "level",
+                np.asarray(batch.levels, dtype=np.int64),
+                units="hPa",
+                positive="down",
+                standard_name="air_pressure",
+            )
         elif kind == "species":
             grp.dimensions = {"species_key": len(batch.species)}
-            _coord(grp, "species_key", np.asarray(batch.species, dtype=np.int64),
-                   long_name="GBIF species key")
+            _coord(
+                grp,
+                "species_key",
+                np.asarray(batch.species, dtype=np.int64),
+                long_name="GBIF species key",
+            )
         for var, arr in variables.items():
-            v = grp.create_variable(var, DIMS[kind], data=arr, chunks=_chunks(arr.shape),
-                                    compression="gzip", compression_opts=4, shuffle=True,
-                                    fillvalue=np.float32(np.nan))
+            v = grp.create_variable(
+                var,
+                DIMS[kind],
+                data=arr,
+                chunks=_chunks(arr.shape),
+                compression="gzip",
+                compression_opts=4,
+                shuffle=True,
+                fillvalue=np.float32(np.nan),
+            )
             v.attrs["units"] = UNITS.get(var, "1")
-    f.attrs.update({
-        "schema": SCHEMA,
-        "times": json.dumps([pd.Timestamp(t).isoformat() for t in batch.times]),
-        "step": batch.step,
-        "grid": g.to_json(),
-        "groups": json.dumps(sorted(batch.groups)),
-        **{k: str(v) for k, v in batch.attrs.items()},
-        **provenance,
-    })
+    f.attrs.update(
+        {
+            "schema": SCHEMA,
+            "times": json.dumps([pd.Timestamp(t).isoformat() for t in batch.times]),
+            "step": batch.step,
+            "grid": g.to_json(),
+            "groups": json.dumps(sorted(batch.groups)),
+            **{k: str(v) for k, v in batch.attrs.items()},
+            **provenance,
+        }
+    )
 
 
 def _coord(parent: h5netcdf.Group, name: str, data: np.ndarray, **attrs: str) -> None:
@@ -241,9 +283,19 @@ def read_batch(path: str | Path, require: tuple[str, ...] = tuple(GROUPS)) -> Ba
                     levels = grp[coord][()]
                 else:
                     species = grp[coord][()]
-            groups[gname] = {v: grp[v][()] for v in grp
-                             if v != coord and isinstance(grp[v], h5py.Dataset)}
+            groups[gname] = {
+                v: grp[v][()] for v in grp if v != coord and isinstance(grp[v], h5py.Dataset)
+            }
         attrs = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f.attrs.items()}
-    batch = Batch(times=times, step=attrs.get("step", ""), grid=grid, levels=levels,
-                  species=species, groups=groups, attrs=attrs, source=str(path), require=require)
+    batch = Batch(
+        times=times,
+        step=attrs.get("step", ""),
+        grid=grid,
+        levels=levels,
+        species=species,
+        groups=groups,
+        attrs=attrs,
+        source=str(path),
+        require=require,
+    )
     return batch

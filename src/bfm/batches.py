@@ -18,6 +18,7 @@ import xarray as xr
 from bfm.batch import GROUPS, Batch, write_batch
 from bfm.grid import Grid
 from bfm.provenance import provenance
+from bfm.tiles import open_tile
 from bfm.timeaxis import check_step, next_time, parse_t0
 
 log = logging.getLogger(__name__)
@@ -73,21 +74,19 @@ def assemble(t0: pd.Timestamp, step: str, grid: Grid, tiles: dict[str, xr.Datase
     return Batch(times=times, step=step, grid=grid, levels=levels, species=species, groups=groups)
 
 
-def _open_period_tiles(paths: Sequence[str]) -> xr.Dataset:
-    parts = [xr.open_dataset(p, engine="netcdf4") for p in sorted(paths)]
+def _open_period_tiles(modality: str, paths: Sequence[str]) -> xr.Dataset:
+    parts = [open_tile(p, modality) for p in sorted(paths)]
     return parts[0] if len(parts) == 1 else xr.concat(parts, dim="time", data_vars="all")
 
 
-def build_batch(t0: str, step: str, grid: Grid, tile_paths: dict[str, Sequence[str]],
-                out: str | Path) -> Path:
+def build_batch(
+    t0: str, step: str, grid: Grid, tile_paths: dict[str, Sequence[str]], out: str | Path
+) -> Path:
     check_step(step)
     start = parse_t0(t0)
     tiles = {}
     for modality, paths in tile_paths.items():
-        for p in paths:
-            if not Path(p).exists():
-                raise FileNotFoundError(f"{modality}: tile {p} does not exist")
-        tiles[modality] = _open_period_tiles(paths)
+        tiles[modality] = _open_period_tiles(modality, paths)
     try:
         batch = assemble(start, step, grid, tiles)
     finally:
@@ -102,17 +101,27 @@ def _run(args: argparse.Namespace) -> int:
     from bfm.cliutil import parse_grid_arg
 
     build_batch(
-        args.t0, args.step, parse_grid_arg(args.grid),
-        {"era5_surface": args.surface, "era5_atmospheric": args.atmospheric,
-         "species_occurrence": args.species, "era5_static": [args.static]},
+        args.t0,
+        args.step,
+        parse_grid_arg(args.grid),
+        {
+            "era5_surface": args.surface,
+            "era5_atmospheric": args.atmospheric,
+            "species_occurrence": args.species,
+            "era5_static": [args.static],
+        },
         args.out,
     )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("batch", help="assemble one bfm-batch/1 HDF5 file from tiles",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "batch",
+        help="assemble one bfm-batch/1 HDF5 file from tiles",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--t0", required=True, help="first time of the batch, YYYYMMDDTHH")
     p.add_argument("--step", required=True, help="model step: 6h, 1D or 1MS")
     p.add_argument("--grid", required=True, help="LAT_MIN,LAT_MAX,LON_MIN,LON_MAX,RES")

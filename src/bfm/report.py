@@ -45,8 +45,12 @@ def plot_loss(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> P
     ax.plot(df["step"], df["loss"], lw=1, alpha=0.5, label="loss per step")
     if len(df) >= 5:
         window = max(2, len(df) // 10)
-        ax.plot(df["step"], df["loss"].rolling(window, min_periods=1).mean(), lw=2,
-                label=f"running mean ({window} steps)")
+        ax.plot(
+            df["step"],
+            df["loss"].rolling(window, min_periods=1).mean(),
+            lw=2,
+            label=f"running mean ({window} steps)",
+        )
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss (normalised MSE)")
     ax.set_yscale("log" if (df["loss"] > 0).all() else "linear")
@@ -60,25 +64,37 @@ def plot_loss(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> P
     return out
 
 
-SCORE_COLUMNS = ("variable", "channel", "n", "rmse_model", "rmse_persistence",
-                 "rmse_climatology")
+SCORE_COLUMNS = ("variable", "channel", "n", "rmse_model", "rmse_persistence", "rmse_climatology")
 
 
 def scores_table(rows: list[dict[str, Any]]) -> str:
     """HTML table of the per-variable summaries (channel null), best RMSE in bold."""
     summary = [r for r in rows if r.get("channel") is None] or rows
-    head = ("variable", "n", "model RMSE", "persistence RMSE", "climatology RMSE",
-            "skill vs persistence")
-    lines = ["<table class='scores'>", "<thead><tr>"
-             + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
+    head = (
+        "variable",
+        "n",
+        "model RMSE",
+        "persistence RMSE",
+        "climatology RMSE",
+        "skill vs persistence",
+    )
+    lines = [
+        "<table class='scores'>",
+        "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>",
+        "<tbody>",
+    ]
     for r in summary:
         vals = [r["rmse_model"], r["rmse_persistence"], r["rmse_climatology"]]
         best = min(v for v in vals if v is not None)
         cells = [f"<b>{v:.4g}</b>" if v == best else f"{v:.4g}" for v in vals]
-        skill = 1 - r["rmse_model"] / r["rmse_persistence"] if r["rmse_persistence"] else float(
-            "nan")
-        lines.append(f"<tr><td>{html.escape(str(r['variable']))}</td><td>{r['n']}</td>"
-                     + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{skill:+.3f}</td></tr>")
+        skill = (
+            1 - r["rmse_model"] / r["rmse_persistence"] if r["rmse_persistence"] else float("nan")
+        )
+        lines.append(
+            f"<tr><td>{html.escape(str(r['variable']))}</td><td>{r['n']}</td>"
+            + "".join(f"<td>{c}</td>" for c in cells)
+            + f"<td>{skill:+.3f}</td></tr>"
+        )
     lines += ["</tbody>", "</table>"]
     return "\n".join(lines)
 
@@ -112,8 +128,12 @@ def _run_scores(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="figures and tables for the Snakemake report",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "report",
+        help="figures and tables for the Snakemake report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     kinds = p.add_subparsers(title="items", metavar="ITEM", required=True)
     pl = kinds.add_parser("loss", help="training loss curve (SVG/PNG) from metrics.jsonl")
     pl.add_argument("--metrics", required=True, help="metrics.jsonl written by bfm train")

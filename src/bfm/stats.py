@@ -55,23 +55,36 @@ class Moments:
         d = np.where(finite, x - shift, 0.0)
         with np.errstate(all="ignore"):
             mn = np.where(finite.any(axis=1), np.min(np.where(finite, x, np.inf), axis=1), np.inf)
-            mx = np.where(finite.any(axis=1), np.max(np.where(finite, x, -np.inf), axis=1),
-                          -np.inf)
-        return cls(shift, finite.sum(axis=1), (~finite).sum(axis=1), d.sum(axis=1),
-                   (d * d).sum(axis=1), mn, mx)
+            mx = np.where(finite.any(axis=1), np.max(np.where(finite, x, -np.inf), axis=1), -np.inf)
+        return cls(
+            shift,
+            finite.sum(axis=1),
+            (~finite).sum(axis=1),
+            d.sum(axis=1),
+            (d * d).sum(axis=1),
+            mn,
+            mx,
+        )
 
     def merge(self, other: Moments) -> Moments:
         if other.count.shape != self.count.shape:
-            raise ValueError(f"cannot merge moments with {self.count.shape=} and "
-                             f"{other.count.shape=} channels")
+            raise ValueError(
+                f"cannot merge moments with {self.count.shape=} and {other.count.shape=} channels"
+            )
         # Re-centre the other's sums on our shift: sum(x - a) = sum(x - b) + n (b - a).
         delta = other.shift - self.shift
         n = other.count
         s = other.sum + n * delta
         ss = other.sumsq + 2 * delta * other.sum + n * delta * delta
-        return Moments(self.shift, self.count + n, self.nan_count + other.nan_count,
-                       self.sum + s, self.sumsq + ss, np.minimum(self.min, other.min),
-                       np.maximum(self.max, other.max))
+        return Moments(
+            self.shift,
+            self.count + n,
+            self.nan_count + other.nan_count,
+            self.sum + s,
+            self.sumsq + ss,
+            np.minimum(self.min, other.min),
+            np.maximum(self.max, other.max),
+        )
 
     @property
     def mean(self) -> np.ndarray:
@@ -89,19 +102,32 @@ class Moments:
         def lst(a: np.ndarray) -> list[float]:
             return [float(v) if np.isfinite(v) else None for v in np.asarray(a, np.float64)]
 
-        return {"shift": self.shift, "count": [int(v) for v in self.count],
-                "nan_count": [int(v) for v in self.nan_count], "sum": lst(self.sum),
-                "sumsq": lst(self.sumsq), "min": lst(self.min), "max": lst(self.max),
-                "mean": lst(self.mean), "std": lst(self.std)}
+        return {
+            "shift": self.shift,
+            "count": [int(v) for v in self.count],
+            "nan_count": [int(v) for v in self.nan_count],
+            "sum": lst(self.sum),
+            "sumsq": lst(self.sumsq),
+            "min": lst(self.min),
+            "max": lst(self.max),
+            "mean": lst(self.mean),
+            "std": lst(self.std),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Moments:
         def arr(key: str, missing: float) -> np.ndarray:
             return np.array([missing if v is None else v for v in d[key]], dtype=np.float64)
 
-        return cls(float(d["shift"]), np.array(d["count"], np.int64),
-                   np.array(d["nan_count"], np.int64), arr("sum", 0.0), arr("sumsq", 0.0),
-                   arr("min", np.inf), arr("max", -np.inf))
+        return cls(
+            float(d["shift"]),
+            np.array(d["count"], np.int64),
+            np.array(d["nan_count"], np.int64),
+            arr("sum", 0.0),
+            arr("sumsq", 0.0),
+            arr("min", np.inf),
+            arr("max", -np.inf),
+        )
 
 
 def channels_first(group: str, arr: np.ndarray) -> np.ndarray:
@@ -155,8 +181,11 @@ class Stats:
 def save_stats(variables: dict[str, Moments], path: str | Path, meta: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": SCHEMA, **meta,
-           "variables": {k: variables[k].to_dict() for k in sorted(variables)}}
+    doc = {
+        "schema": SCHEMA,
+        **meta,
+        "variables": {k: variables[k].to_dict() for k in sorted(variables)},
+    }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, path)

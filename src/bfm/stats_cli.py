@@ -41,8 +41,9 @@ def partial(batches: Sequence[str], use_mpi: bool = False) -> dict[str, Moments]
 
 
 def _write_partial(variables: dict[str, Moments], batches: Sequence[str], out: str) -> None:
-    save_stats(variables, out, {"batches": [Path(b).name for b in batches],
-                                "provenance": provenance()})
+    save_stats(
+        variables, out, {"batches": [Path(b).name for b in batches], "provenance": provenance()}
+    )
 
 
 def _run_partial(args: argparse.Namespace) -> int:
@@ -67,14 +68,21 @@ def _run_merge(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stats", help="normalisation statistics over training batches",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "stats",
+        help="normalisation statistics over training batches",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     steps = p.add_subparsers(title="actions", metavar="ACTION", required=True)
     pp = steps.add_parser("partial", help="partial sums over some batches")
     pp.add_argument("--batches", nargs="+", required=True, help="batch files (.h5)")
     pp.add_argument("--out", required=True, help="partial statistics JSON")
-    pp.add_argument("--mpi", action="store_true",
-                    help="split the batches over MPI ranks (run under mpirun or srun)")
+    pp.add_argument(
+        "--mpi",
+        action="store_true",
+        help="split the batches over MPI ranks (run under mpirun or srun)",
+    )
     pp.set_defaults(func=_run_partial)
     pm = steps.add_parser("merge", help="merge partial sums into stats.json")
     pm.add_argument("--partials", nargs="+", required=True, help="partial statistics JSONs")

@@ -61,8 +61,10 @@ class Plan:
         return sorted({period_of(t), period_of(next_time(t, self.step))})
 
     def batch_tiles(self, t0: str) -> dict[str, list[str]]:
-        out = {m: [f"results/tiles/{m}/{p}.nc" for p in self.batch_periods(t0)]
-               for m in PERIOD_MODALITIES}
+        out = {
+            m: [f"results/tiles/{m}/{p}.nc" for p in self.batch_periods(t0)]
+            for m in PERIOD_MODALITIES
+        }
         out["era5_static"] = [STATIC_TILE]
         return out
 
@@ -70,8 +72,11 @@ class Plan:
         return sorted({t0[:4] + "-" + t0[4:6] for t0 in self.batch_names("train")})
 
     def train_batches_in(self, period: str) -> list[str]:
-        return [f"results/batches/{t0}.h5" for t0 in self.batch_names("train")
-                if f"{t0[:4]}-{t0[4:6]}" == period]
+        return [
+            f"results/batches/{t0}.h5"
+            for t0 in self.batch_names("train")
+            if f"{t0[:4]}-{t0[4:6]}" == period
+        ]
 
     def raw_era5(self, group: str, period: str | None = None) -> str:
         src = self.config["sources"]["era5"]
