@@ -1,5 +1,14 @@
 rule train:
-    """Pre-train the BFM with DeepSpeed on the training batches."""
+    """Pre-train the BFM with DeepSpeed on the training batches.
+
+    Checkpoints (results/models/<run>/checkpoints/) are deliberately not declared outputs:
+    Snakemake deletes the outputs of a failed job, and a re-run must resume from the last
+    checkpoint (written every N steps and on SIGTERM/SIGUSR1).
+
+    resources.mpi starts the ranks: "" runs one process; profiles/snellius sets an srun line
+    (nodes x tasks_per_node ranks, which find their rank in SLURM's environment); locally
+    "mpirun -np 2" works too (Open MPI's environment).
+    """
     input:
         batches=get_train_batches,
         stats="results/stats/stats.json",
@@ -7,18 +16,19 @@ rule train:
     output:
         meta="results/models/{run}/meta.json",
         metrics="results/models/{run}/metrics.jsonl",
-        checkpoints=directory("results/models/{run}/checkpoints"),
     log:
         "logs/train/{run}.log",
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        mpi="",
     params:
         model=config["model"],
         train=get_train_settings,
         out=get_run_dir_of_output,
     shell:
-        "bfm train --batches {input.batches} --stats {input.stats}"
+        "{resources.mpi} bfm train --batches {input.batches} --stats {input.stats}"
         " --deepspeed {input.deepspeed} --preset {params.model[preset]}"
         " --backbone {params.model[backbone]} --steps {params.train[steps]}"
         " --lr {params.train[lr]} --warmup-steps {params.train[warmup_steps]}"

@@ -1,0 +1,158 @@
+"""Rank discovery for torchrun, SLURM (srun), Open MPI / PMI, or a single process.
+
+``discover(env)`` is a pure function of an environment mapping (plus two injectable helpers
+for the SLURM host list and a free port) and tries, in order:
+
+1. torchrun (and ``deepspeed``/``torch.distributed`` launchers): RANK, WORLD_SIZE, LOCAL_RANK,
+   MASTER_ADDR, MASTER_PORT;
+2. SLURM ``srun``: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; MASTER_ADDR is the first host of
+   SLURM_JOB_NODELIST (``scontrol show hostnames``; the nodelist itself when it names one
+   host) and MASTER_PORT is derived from SLURM_JOB_ID, so every task agrees without talking;
+3. Open MPI (OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK) or PMI (PMI_RANK/PMI_SIZE, MPICH/Intel MPI);
+   the master is 127.0.0.1:29500 unless MASTER_ADDR/MASTER_PORT say otherwise (multi-node MPI
+   runs must set MASTER_ADDR);
+4. a single process: rank 0 of 1 on 127.0.0.1 and a free port.
+
+An explicit MASTER_ADDR / MASTER_PORT in the environment always wins. ``init_distributed``
+exports the result as RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT and initialises
+DeepSpeed's process group (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_PORT = 29500
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 10000, 20000  # below Linux's ephemeral range (32768+)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str  # torchrun | slurm | openmpi | pmi | single
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"distributed ({self.launcher}): rank {self.rank} is not in "
+                             f"[0, world_size={self.world_size})")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    if name not in env:
+        if default is None:
+            raise ValueError(f"distributed: environment variable {name} is not set")
+        return default
+    try:
+        return int(env[name])
+    except ValueError as err:
+        raise ValueError(f"distributed: {name}={env[name]!r} is not an integer") from err
+
+
+def slurm_hostnames(nodelist: str) -> list[str]:
+    """Expand a SLURM nodelist (``gcn[1-3]``) with scontrol; a single host needs no scontrol."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, timeout=30)
+        hosts = out.stdout.split() if out.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired):
+        hosts = []
+    if hosts:
+        return hosts
+    if any(c in nodelist for c in "[],") or not nodelist:
+        raise ValueError(f"distributed: cannot expand SLURM_JOB_NODELIST={nodelist!r} without "
+                         "scontrol; set MASTER_ADDR")
+    return [nodelist]
+
+
+def find_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _localhost() -> str:
+    return "127.0.0.1"
+
+
+def _default_port() -> int:
+    return DEFAULT_PORT
+
+
+def _master(env: Mapping[str, str], addr: Callable[[], str] = _localhost,
+            port: Callable[[], int] = _default_port) -> tuple[str, int]:
+    """MASTER_ADDR / MASTER_PORT from ``env``, else from the launcher's defaults."""
+    return (env.get("MASTER_ADDR") or addr(),
+            _int(env, "MASTER_PORT") if env.get("MASTER_PORT") else port())
+
+
+def _slurm(env: Mapping[str, str], hostnames: Callable[[str], list[str]]) -> DistEnv:
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
+    job = _int(env, "SLURM_JOB_ID", 0)
+    addr, port = _master(env, lambda: hostnames(nodelist)[0],
+                         lambda: SLURM_PORT_BASE + job % SLURM_PORT_SPAN)
+    return DistEnv(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"),
+                   _int(env, "SLURM_LOCALID", 0), addr, port, "slurm")
+
+
+def discover(env: Mapping[str, str], hostnames: Callable[[str], list[str]] = slurm_hostnames,
+             free_port: Callable[[], int] = find_free_port) -> DistEnv:
+    """Rank, world size, local rank and master of this process, from ``env`` alone."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        addr, port = _master(env)
+        return DistEnv(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK", 0),
+                       addr, port, "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return _slurm(env, hostnames)
+    if "OMPI_COMM_WORLD_RANK" in env:
+        addr, port = _master(env)
+        return DistEnv(_int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE"),
+                       _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0), addr, port, "openmpi")
+    if "PMI_RANK" in env:
+        addr, port = _master(env)
+        local_rank = _int(env, "MPI_LOCALRANKID", _int(env, "PMI_LOCAL_RANK", 0))
+        return DistEnv(_int(env, "PMI_RANK"), _int(env, "PMI_SIZE"), local_rank, addr, port,
+                       "pmi")
+    addr, port = _master(env, port=free_port)
+    return DistEnv(0, 1, 0, addr, port, "single")
+
+
+def export(d: DistEnv, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Write the torch.distributed variables that DeepSpeed and torch read."""
+    environ.update({"RANK": str(d.rank), "WORLD_SIZE": str(d.world_size),
+                    "LOCAL_RANK": str(d.local_rank), "MASTER_ADDR": d.master_addr,
+                    "MASTER_PORT": str(d.master_port)})
+
+
+def backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def device(d: DistEnv) -> torch.device:
+    return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device(
+        "cpu")
+
+
+def init_distributed(d: DistEnv) -> None:
+    """Export ``d`` and start DeepSpeed's process group (DS_ACCELERATOR must be set before)."""
+    import deepspeed  # late: importing it picks the accelerator from DS_ACCELERATOR
+
+    export(d)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(d.local_rank)
+    deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False, verbose=False)

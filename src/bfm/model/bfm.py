@@ -1,0 +1,136 @@
+"""The Biodiversity Foundation Model: encoder -> backbone -> decoder (DESIGN.md §7).
+
+``BFM.forward`` maps a normalised two-time input to the normalised next time (t0 + 2 step) of
+every dynamic group. Shapes (B batch, H x W grid of any size, C_g channels of group g as in
+``bfm.data.Layout``):
+
+- ``inputs[g]``: ``(B, 2, C_g, H, W)`` for time/level/species groups, ``(B, C_g, H, W)`` for
+  static ones; finite (the data layer fills NaN with 0 after normalising);
+- ``lat`` ``(H,)`` and ``lon`` ``(W,)`` in degrees (a leading batch axis is accepted and its
+  first row used: all samples share one grid);
+- ``time`` ``(B, 2)``: day of year and hour of t0;
+- returns ``{g: (B, C_g, H, W)}`` for the dynamic groups.
+
+The model pads H and W up to a multiple of the patch size (and the backbone pads the patch
+grid to its windows) and crops the output back. It carries the normalisation statistics as
+float64 buffers, so a checkpoint is self-contained (``normalise``/``denormalise``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bfm.data import Normaliser
+from bfm.model.backbone import build_backbone
+from bfm.model.config import ModelConfig
+from bfm.model.decoder import Decoder
+from bfm.model.encoder import Encoder
+from bfm.model.layers import FourierPosition, TimeEncoding, pad_to, patch_centres
+
+
+class NormBuffers(nn.Module):
+    """``mean_<group>`` and ``std_<group>`` buffers, float64 ``(C_g,)``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.groups = cfg.layout.groups
+        for g in self.groups:
+            n = cfg.layout.n_channels(g)
+            self.register_buffer(f"mean_{g}", torch.zeros(n, dtype=torch.float64))
+            self.register_buffer(f"std_{g}", torch.ones(n, dtype=torch.float64))
+
+    def get(self, group: str) -> tuple[Tensor, Tensor]:
+        """Mean and std of a group shaped ``(C_g, 1, 1)`` to broadcast over (..., C, H, W)."""
+        mean, std = getattr(self, f"mean_{group}"), getattr(self, f"std_{group}")
+        return mean[:, None, None], std[:, None, None]
+
+
+class BFM(nn.Module):
+    """Encoder -> backbone -> decoder; see the module docstring for the tensor contract."""
+
+    def __init__(self, cfg: ModelConfig, norm: Normaliser | None = None) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.config = cfg
+        self.pos_encoder = FourierPosition(d, cfg.fourier_bands)
+        self.pos_decoder = FourierPosition(d, cfg.fourier_bands)
+        self.time_embed = TimeEncoding(d, cfg.time_harmonics)
+        self.encoder = Encoder(cfg)
+        self.backbone = build_backbone(cfg)
+        self.decoder = Decoder(cfg)
+        self.norm = NormBuffers(cfg)
+        if norm is not None:
+            self.set_normaliser(norm)
+
+    def forward(self, inputs: dict[str, Tensor], lat: Tensor, lon: Tensor,
+                time: Tensor) -> dict[str, Tensor]:
+        h, w = self._check(inputs)
+        p = self.config.patch_size
+        lat, lon = (c[0] if c.dim() == 2 else c for c in (lat, lon))
+        hp, wp = math.ceil(h / p), math.ceil(w / p)
+        centres = patch_centres(lat, p, hp), patch_centres(lon, p, wp)
+        t = self.time_embed(time)
+        padded = {g: pad_to(x, p) for g, x in inputs.items() if g in self.config.layout.groups}
+        latents = self.encoder(padded, self.pos_encoder(*centres), t)
+        latents = self.backbone(latents)
+        out = self.decoder(latents, self.pos_decoder(*centres), t)
+        out = {g: y[..., :h, :w] for g, y in out.items()}
+        if self.config.residual:
+            out = {g: y + inputs[g][:, -1].to(y.dtype) for g, y in out.items()}
+        return out
+
+    def _check(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
+        """Raise ValueError unless every group is present with the layout's shape."""
+        layout = self.config.layout
+        shapes = {}
+        for g in layout.groups:
+            if g not in inputs:
+                raise ValueError(f"model input lacks group {g!r} (needs {list(layout.groups)})")
+            x = inputs[g]
+            want = 4 if layout.kind(g) == "static" else 5
+            if x.dim() != want or x.shape[-3] != layout.n_channels(g) or (
+                    want == 5 and x.shape[1] != 2):
+                raise ValueError(f"model input {g!r} has shape {tuple(x.shape)}, expected "
+                                 f"{'(B, C, H, W)' if want == 4 else '(B, 2, C, H, W)'} "
+                                 f"with C={layout.n_channels(g)}")
+            shapes[g] = tuple(x.shape[-2:])
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"model inputs disagree on (H, W): {shapes}")
+        h, w = next(iter(shapes.values()))
+        return int(h), int(w)
+
+    def set_normaliser(self, norm: Normaliser) -> None:
+        for g in self.config.layout.groups:
+            getattr(self.norm, f"mean_{g}").copy_(torch.from_numpy(norm.mean[g]))
+            getattr(self.norm, f"std_{g}").copy_(torch.from_numpy(norm.std[g]))
+
+    def normaliser(self) -> Normaliser:
+        """The carried statistics as a numpy ``Normaliser`` (for the data layer)."""
+        groups = self.config.layout.groups
+        mean = {g: getattr(self.norm, f"mean_{g}").cpu().numpy().astype(np.float64) for g in groups}
+        std = {g: getattr(self.norm, f"std_{g}").cpu().numpy().astype(np.float64) for g in groups}
+        return Normaliser(mean, std)
+
+    def normalise(self, fields: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Physical -> normalised, channel axis -3; NaN stays NaN; keeps each tensor's dtype."""
+        out = {}
+        for g, x in fields.items():
+            mean, std = self.norm.get(g)
+            out[g] = ((x.double() - mean) / std).to(x.dtype)
+        return out
+
+    def denormalise(self, fields: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Normalised -> physical (inverse of ``normalise``)."""
+        out = {}
+        for g, x in fields.items():
+            mean, std = self.norm.get(g)
+            out[g] = (x.double() * std + mean).to(x.dtype)
+        return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

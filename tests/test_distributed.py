@@ -1,0 +1,100 @@
+"""Rank discovery from torchrun, SLURM, Open MPI, PMI and single-process environments."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from bfm import distributed
+from bfm.distributed import DistEnv, discover, export
+
+
+def no_hosts(nodelist: str) -> list[str]:
+    raise AssertionError("scontrol must not be needed here")
+
+
+def test_torchrun() -> None:
+    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gcn12",
+           "MASTER_PORT": "29555", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+    assert discover(env, no_hosts) == DistEnv(3, 8, 1, "gcn12", 29555, "torchrun")
+
+
+def test_slurm_srun_takes_first_host_and_job_port() -> None:
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+           "SLURM_JOB_NODELIST": "gcn[3-4]", "SLURM_JOB_ID": "1234567"}
+    seen = []
+
+    def hosts(nodelist: str) -> list[str]:
+        seen.append(nodelist)
+        return ["gcn3", "gcn4"]
+
+    d = discover(env, hosts)
+    assert seen == ["gcn[3-4]"]
+    assert d == DistEnv(5, 8, 1, "gcn3", 10000 + 1234567 % 20000, "slurm")
+    # every task of the job derives the same port, without talking to the others
+    assert discover({**env, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, hosts).master_port == (
+        d.master_port)
+
+
+def test_slurm_explicit_master_wins() -> None:
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gcn[1-2]",
+           "SLURM_JOB_ID": "7", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "31000"}
+    d = discover(env, no_hosts)
+    assert (d.master_addr, d.master_port, d.local_rank) == ("10.0.0.1", 31000, 0)
+
+
+def test_slurm_hostnames_without_scontrol(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("scontrol")
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    assert distributed.slurm_hostnames("tcn42") == ["tcn42"]
+    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST"):
+        distributed.slurm_hostnames("tcn[1-4]")
+
+
+def test_slurm_hostnames_with_scontrol(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="tcn1\ntcn2\n", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake)
+    assert distributed.slurm_hostnames("tcn[1-2]") == ["tcn1", "tcn2"]
+    assert calls == [["scontrol", "show", "hostnames", "tcn[1-2]"]]
+
+
+def test_open_mpi() -> None:
+    env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2",
+           "OMPI_COMM_WORLD_LOCAL_RANK": "1"}
+    assert discover(env, no_hosts) == DistEnv(1, 2, 1, "127.0.0.1", 29500, "openmpi")
+
+
+def test_pmi() -> None:
+    env = {"PMI_RANK": "2", "PMI_SIZE": "4", "MPI_LOCALRANKID": "0", "MASTER_ADDR": "node0"}
+    assert discover(env, no_hosts) == DistEnv(2, 4, 0, "node0", 29500, "pmi")
+
+
+def test_single_process_gets_a_free_port_unless_told() -> None:
+    assert discover({}, no_hosts, free_port=lambda: 40001) == DistEnv(
+        0, 1, 0, "127.0.0.1", 40001, "single")
+    assert discover({"MASTER_PORT": "29601"}, no_hosts).master_port == 29601
+    assert 0 < distributed.find_free_port() < 65536
+
+
+def test_bad_values_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="RANK='x'"):
+        discover({"RANK": "x", "WORLD_SIZE": "2"}, no_hosts)
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        discover({"RANK": "2", "WORLD_SIZE": "2"}, no_hosts)
+    with pytest.raises(ValueError, match="OMPI_COMM_WORLD_SIZE"):
+        discover({"OMPI_COMM_WORLD_RANK": "0"}, no_hosts)
+
+
+def test_export_writes_the_torch_variables() -> None:
+    environ: dict[str, str] = {}
+    export(DistEnv(1, 2, 1, "gcn3", 12345, "slurm"), environ)
+    assert environ == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+                       "MASTER_ADDR": "gcn3", "MASTER_PORT": "12345"}

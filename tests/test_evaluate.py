@@ -1,0 +1,130 @@
+"""Evaluation against persistence and climatology, with RMSEs worked out by hand.
+
+Every field is spatially constant and moves by a fixed amount D per step, so with the
+input (t_k, t_k+1) and target t_k+2: persistence misses by D; a model whose head bias is c
+(normalised, std s) predicts persistence + c s and misses by c s - D; climatology (mean m)
+misses by m - value.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _model_fixtures import GRID, write_sequence
+
+from bfm import checkpoint
+from bfm.batch import Batch
+from bfm.cli import main
+from bfm.data import Layout, Normaliser
+from bfm.evaluate import squared_errors
+from bfm.model import BFM, build_config
+
+LAYOUT = Layout(levels=(500, 850), species=(7, 8))
+BASE = {"t2m": 280.0, "msl": 101000.0, "u10": 0.0, "v10": 0.0, "z": 500.0, "t": 250.0,
+        "u": 0.0, "v": 0.0, "q": 1.0, "occurrence": 0.5, "lsm": 0.5, "slt": 1.0}
+STEP = {"t2m": 1.0, "msl": 50.0, "occurrence": 0.5}  # D; 2.0 for the others
+STD = 4.0
+BIAS = {"surface/t2m": 0.25, "atmospheric/t": 0.5, "species/occurrence": -0.5}  # c
+CELLS = GRID.n_lat * GRID.n_lon
+
+
+def value(var: str, k: int, lat: np.ndarray, lon: np.ndarray, ch: int) -> np.ndarray:
+    v = BASE[var] + 10.0 * ch + k * STEP.get(var, 2.0)
+    return np.full((len(lat), len(lon)), v)
+
+
+def holes(k: int, batch: Batch) -> None:
+    if k == 2:  # 5 missing target points of t2m for the pair (1, 2)
+        batch.groups["surface"]["t2m"][1].flat[:5] = np.nan
+    if k == 1:  # 3 msl points of time 2: the target of (0, 1) and the persistence of (1, 2)
+        batch.groups["surface"]["msl"][1].flat[:3] = np.nan
+
+
+def fake_run(run: Path) -> None:
+    """A run directory as training leaves it: meta.json + a DeepSpeed-layout checkpoint."""
+    mean = {g: np.array([BASE[v] + 10.0 * c + 1.0 for v in LAYOUT.variables(g)
+                         for c in range(LAYOUT.inner(g))]) for g in LAYOUT.groups}
+    std = {g: np.full(LAYOUT.n_channels(g), STD) for g in LAYOUT.groups}
+    cfg = build_config("tiny", LAYOUT)
+    model = BFM(cfg, Normaliser(mean, std))
+    names = [f"{g}/{v}" for g in LAYOUT.dynamic for v in LAYOUT.variables(g)]
+    with torch.no_grad():
+        for name, c in BIAS.items():
+            model.decoder.head_bias[names.index(name)] = c
+    ckpt = run / checkpoint.CHECKPOINTS / "step_000001"
+    ckpt.mkdir(parents=True)
+    torch.save({"module": model.state_dict()}, ckpt / checkpoint.MODEL_STATES)
+    (run / checkpoint.CHECKPOINTS / "latest").write_text("step_000001")
+    checkpoint.write_meta(run, {"model": {"config": cfg.to_dict()},
+                                "deepspeed": {"zero_stage": 1}, "steps_done": 1})
+
+
+def rmse(errors_and_counts: list[tuple[float, int]]) -> float:
+    n = sum(c for _, c in errors_and_counts)
+    return float(np.sqrt(sum(e * e * c for e, c in errors_and_counts) / n))
+
+
+def test_scores_known_answer(tmp_path: Path) -> None:
+    paths = write_sequence(tmp_path / "batches", 3, levels=LAYOUT.levels,
+                           species=LAYOUT.species, value=value, edit=holes)
+    fake_run(tmp_path / "run")
+    out = tmp_path / "eval" / "scores.jsonl"
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--batches",
+                 *map(str, paths), "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    got = {(r["variable"], r["channel"]): r for r in lines}
+    assert len(lines) == 4 + 5 * (2 + 1) + (2 + 1)
+    assert set(lines[0]) == {"variable", "channel", "n", "rmse_model", "rmse_persistence",
+                             "rmse_climatology"}
+    approx = lambda x: pytest.approx(x, rel=1e-4, abs=1e-3)  # noqa: E731
+
+    # t2m: D = 1, model = persistence + 0.25 * 4 = exact; targets t=2 (117) and t=3 (112)
+    t2m = got[("surface/t2m", None)]
+    assert t2m["n"] == CELLS + CELLS - 5
+    assert t2m["rmse_persistence"] == approx(1.0)
+    assert t2m["rmse_model"] == approx(0.0)
+    # climatology m = base + 1 misses value base + t D by 1 - t: -1 at t=2, -2 at t=3
+    assert t2m["rmse_climatology"] == approx(rmse([(-1.0, CELLS), (-2.0, CELLS - 5)]))
+
+    # msl: no bias -> model == persistence (D = 50); 3 points lost in each pair
+    msl = got[("surface/msl", None)]
+    assert msl["n"] == 2 * CELLS - 6
+    assert msl["rmse_model"] == approx(50.0) and msl["rmse_persistence"] == approx(50.0)
+    assert msl["rmse_climatology"] == approx(rmse([(1 - 100.0, CELLS - 3), (1 - 150.0,
+                                                                         CELLS - 3)]))
+
+    # atmospheric/t per level (D = 2, c s = 2 -> exact) and its summary over levels
+    for channel in ("500", "850", None):
+        t = got[("atmospheric/t", channel)]
+        assert t["n"] == (2 if channel else 4) * CELLS
+        assert t["rmse_model"] == approx(0.0) and t["rmse_persistence"] == approx(2.0)
+        assert t["rmse_climatology"] == approx(rmse([(1 - 4.0, CELLS), (1 - 6.0, CELLS)]))
+    assert got[("atmospheric/z", "850")]["rmse_model"] == approx(2.0)
+
+    # species per key: c s = -2, D = 0.5 -> the model misses by 2.5
+    for channel in ("7", "8", None):
+        occ = got[("species/occurrence", channel)]
+        assert occ["rmse_model"] == approx(2.5) and occ["rmse_persistence"] == approx(0.5)
+
+
+def test_squared_errors_skip_missing_target_or_persistence() -> None:
+    target = np.array([[[1.0, np.nan], [3.0, 4.0]]])
+    persistence = np.array([[[0.0, 0.0], [np.nan, 2.0]]])
+    out = squared_errors({"p": persistence}, target, persistence)
+    assert out["n"].tolist() == [2.0]
+    assert out["p"].tolist() == [1.0 + 4.0]
+
+
+def test_evaluate_without_checkpoint_is_a_clean_error(tmp_path: Path) -> None:
+    paths = write_sequence(tmp_path / "batches", 2)
+    run = tmp_path / "run"
+    checkpoint.write_meta(run, {"model": {"config": build_config("tiny", LAYOUT).to_dict()},
+                                "deepspeed": {"zero_stage": 1}})
+    rc = main(["evaluate", "--model", str(run), "--batches", *map(str, paths), "--out",
+               str(tmp_path / "scores.jsonl")])
+    assert rc == 1
+    assert not (tmp_path / "scores.jsonl").exists()
