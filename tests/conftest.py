@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,5 +58,7 @@ def make_batch_file(tmp_path: Path, small_grid: Grid) -> Callable[..., Path]:
     return make
 
 
+# Workflow rules call `bfm`; make this interpreter's scripts (the venv's bin) win on PATH.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")

@@ -168,13 +168,19 @@ class Stats:
     meta: dict[str, Any]
 
     def mean_std(self, group: str, var: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and std (float64, shape (C,)); std of a constant field is 1."""
+        """Per-channel mean and std (float64, shape (C,)) for normalisation.
+
+        A constant channel (std 0, e.g. stratospheric humidity) gets std = 1e-3 |mean|, so
+        that a model error in normalised units stays negligible in physical units; a channel
+        with neither spread nor mean (no data, or all zero) gets std 1.
+        """
         key = f"{group}/{var}"
         if key not in self.variables:
             raise KeyError(f"statistics have no entry {key!r} (have {sorted(self.variables)})")
         m = self.variables[key]
         mean, std = np.nan_to_num(m.mean), m.std
-        std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        fallback = np.where(np.abs(mean) > 0, 1e-3 * np.abs(mean), 1.0)
+        std = np.where(np.isfinite(std) & (std > 0), std, fallback)
         return mean, std
 
 
