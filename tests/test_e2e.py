@@ -122,5 +122,9 @@ def test_held_out_scores_and_report(demo_run):
         assert r["n"] > 0 and r["rmse_model"] >= 0 and r["rmse_persistence"] >= 0
     with zipfile.ZipFile(demo_run / "report.zip") as z:
         names = z.namelist()
+        page = z.read("report/report.html").decode()
     assert any(n.endswith("loss.svg") for n in names), names
     assert any(n.endswith("scores.html") for n in names), names
+    # Each reported file comes with its caption.
+    assert "Training loss (NaN-masked, normalised mean squared error" in page
+    assert "Root-mean-square error on the held-out batches" in page
