@@ -28,7 +28,6 @@ Files are written with h5netcdf (netCDF4 dimension scales), so they open with h5
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,6 +37,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from bfm.fileio import atomic_path
 from bfm.grid import Grid
 
 SCHEMA = "bfm-batch/1"
@@ -154,16 +154,9 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def write_batch(batch: Batch, path: str | Path, provenance: dict[str, str]) -> Path:
     """Write atomically (temp file + rename): a failure never leaves a half-written batch."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5netcdf.File(tmp, "w") as f:
-            _write(f, batch, provenance)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_path(path) as tmp, h5netcdf.File(tmp, "w") as f:
+        _write(f, batch, provenance)
+    return Path(path)
 
 
 def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str]) -> None:

@@ -20,13 +20,13 @@ torch.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bfm.fileio import write_text_atomic
 from bfm.model import BFM, ModelConfig
 
 CHECKPOINTS = "checkpoints"
@@ -100,20 +100,14 @@ def publish(run_dir: str | Path, meta: dict[str, Any]) -> None:
     """A finished run: write ``<run>/meta.json`` and copy the metrics log to ``<run>/``."""
     run_dir = Path(run_dir)
     source = state_dir(run_dir) / METRICS
-    tmp = run_dir / f".{METRICS}.tmp-{os.getpid()}"
-    tmp.write_bytes(source.read_bytes() if source.is_file() else b"")
-    os.replace(tmp, run_dir / METRICS)
+    write_text_atomic(run_dir / METRICS, source.read_text() if source.is_file() else "")
     write_meta(run_dir, meta)
 
 
 def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> Path:
     """Write meta.json atomically (temp file + rename)."""
-    path = Path(run_dir) / META
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{META}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n"
+    return write_text_atomic(Path(run_dir) / META, text)
 
 
 def read_meta(run_dir: str | Path) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 
 from bfm.checkpoint import load_model
 from bfm.data import BatchPairs, Layout, physical, to_sample
+from bfm.fileio import write_text_atomic
 from bfm.model import BFM
 
 log = logging.getLogger("bfm.evaluate")
@@ -116,10 +116,7 @@ def score_lines(sums: Sums, layout: Layout) -> list[dict[str, Any]]:
 
 
 def write_lines(lines: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(rec) + "\n" for rec in lines))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from bfm.fileio import atomic_path, write_text_atomic
+
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     rows = []
@@ -58,8 +60,8 @@ def plot_loss(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> P
     ax.legend()
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "svg")
     plt.close(fig)
     return out
 
@@ -110,10 +112,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 {scores_table(rows)}
 </body></html>
 """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc)
-    return out
+    return write_text_atomic(out, doc)
 
 
 def _run_loss(args: argparse.Namespace) -> int:

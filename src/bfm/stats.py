@@ -19,7 +19,6 @@ Each list has one entry per channel.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bfm.batch import GROUPS, Batch
+from bfm.fileio import write_text_atomic
 
 SCHEMA = "bfm-stats/1"
 
@@ -185,17 +185,12 @@ class Stats:
 
 
 def save_stats(variables: dict[str, Moments], path: str | Path, meta: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "schema": SCHEMA,
         **meta,
         "variables": {k: variables[k].to_dict() for k in sorted(variables)},
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(doc, indent=1))
 
 
 def load_stats(path: str | Path) -> Stats:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import xarray as xr
 
 from bfm import __version__, regrid, timeaxis
 from bfm.cliutil import add_grid_argument
+from bfm.fileio import atomic_path
 from bfm.grid import Grid
 from bfm.provenance import provenance
 from bfm.sources import era5, gbif
@@ -369,13 +369,8 @@ def write_tile(ds: xr.Dataset, path: str | Path) -> Path:
     """Validate and write atomically (temp file + rename)."""
     path = Path(path)
     validate_tile(ds, str(ds.attrs.get("modality")), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

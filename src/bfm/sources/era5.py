@@ -23,7 +23,6 @@ datetime64, level int hPa ascending, latitude descending, longitude ascending in
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from bfm.cliutil import DEFAULT_LEVELS
+from bfm.fileio import atomic_path
 from bfm.grid import Grid
 from bfm.sources import manifest
 from bfm.sources.climate import Climate
@@ -269,13 +269,8 @@ def sample(
     """Write a synthetic ERA5 file and its manifest; returns the file's path."""
     path = Path(path)
     ds = sample_dataset(group, grid, period, levels, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     manifest.write_manifest(
         path,
         source="era5",

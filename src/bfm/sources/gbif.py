@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bfm.fileio import atomic_path
 from bfm.grid import Grid
 from bfm.sources import manifest
 from bfm.sources.climate import Climate
@@ -295,10 +296,10 @@ def sample(
     text = table.to_csv(sep="\t", index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
     key = download_key(seed)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = zipfile.ZipInfo(f"{key}.csv", date_time=(2000 + int(key[8:10]), 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_DEFLATED
-    with zipfile.ZipFile(path, "w") as zf:  # fixed member time: same seed, same bytes
+    # Fixed member time: same seed, same bytes.
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as zf:
         zf.writestr(info, text)
     manifest.write_manifest(
         path,

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from bfm import __version__
+from bfm.fileio import write_text_atomic
 from bfm.provenance import file_sha256
 
 SUFFIX = ".manifest.json"
@@ -85,13 +85,7 @@ def write_manifest(
         "citation": citation,
         "bfm_version": __version__,
     }
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return write_text_atomic(out, json.dumps(record, indent=2, sort_keys=False) + "\n")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
