@@ -24,6 +24,16 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def demo_workdir(workdir: Path) -> Path:
+    """A working directory for the workflow: copies of config/ and resources/."""
+    import shutil
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in ("config", "resources"):
+        shutil.copytree(ROOT / name, workdir / name)
+    return workdir
+
+
 @pytest.fixture
 def small_grid() -> Grid:
     return Grid(lat_min=44.0, lat_max=48.0, lon_min=0.0, lon_max=6.0, res=0.5)  # 9 x 13

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -17,16 +16,14 @@ import xarray as xr
 from bfm.batch import read_batch
 from bfm.stats import load_stats
 from bfm.workflow import Plan
-from tests.conftest import ROOT
+from tests.conftest import ROOT, demo_workdir
 
 PROVENANCE_KEYS = ("bfm_version", "git_commit", "config_hash")
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("demo")
-    for name in ("config", "resources"):
-        shutil.copytree(ROOT / name, workdir / name)
+    workdir = demo_workdir(tmp_path_factory.mktemp("demo"))
     base = [
         sys.executable,
         "-m",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import yaml
 
 from bfm.workflow import Plan
-from tests.conftest import ROOT
+from tests.conftest import ROOT, demo_workdir
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -56,9 +55,7 @@ def test_file_mode_points_at_the_users_files():
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    for name in ("config", "resources"):
-        shutil.copytree(ROOT / name, tmp_path / name)
-    return tmp_path
+    return demo_workdir(tmp_path)
 
 
 def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -26,7 +26,10 @@ fail() {
 wait_for() {
 	local n=$(($1 * 5))
 	shift
-	for _ in $(seq "$n"); do "$@" >/dev/null 2>&1 && return 0 || sleep 0.2; done
+	for _ in $(seq "$n"); do
+		if "$@" >/dev/null 2>&1; then return 0; fi
+		sleep 0.2
+	done
 	return 1
 }
 # alive NAME: the daemon we started (PID file under $BASE) still runs.
@@ -48,8 +51,8 @@ fi
 
 # 2. Configuration. Written every time; a change restarts the SLURM daemons below.
 mkdir -p "$BASE"/{state,spool,log} /etc/slurm
-ncpu=$(nproc)
-mem_mb=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 3 / 4))
+ncpu=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
+mem_mb=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) * 3 / 4 / 1024)) # 3/4 of RAM, in MB
 conf=$(
 	cat <<CONF
 # Written by tests/slurm/up.sh: a single-node stand-in for Snellius (see profiles/snellius).
@@ -73,6 +76,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
 AccountingStoreFlags=job_comment
+AccountingStorageTRES=gres/gpu
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory

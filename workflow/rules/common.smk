@@ -10,6 +10,8 @@ except ConfigError as err:
     raise WorkflowError(f"invalid config, no job was run: {err}") from None
 config = PLAN.config
 CONFIG_HASH = export_config(config)
+# Per-rule conda envs install this checkout (envs/install-bfm.sh), wherever --directory is.
+os.environ.setdefault("BFM_SOURCE_DIR", os.path.dirname(workflow.basedir))
 
 
 wildcard_constraints:
