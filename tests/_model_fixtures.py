@@ -37,7 +37,9 @@ def trend_values(trend: float = 0.5) -> ValueFn:
     def value(var: str, k: int, lat: np.ndarray, lon: np.ndarray, ch: int) -> np.ndarray:
         base, scale = BASE[var]
         pattern = np.sin(np.deg2rad(lat * 7 + ch * 20))[:, None] * np.cos(np.deg2rad(lon * 11))
-        return base + scale * (pattern + trend * k + 0.1 * ch)
+        # Continuous fields trend; occurrence keeps its spatial pattern (counts do not drift).
+        drift = 0.0 if var == "occurrence" else trend * k
+        return base + scale * (pattern + drift + 0.1 * ch)
 
     return value
 

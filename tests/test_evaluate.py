@@ -2,8 +2,8 @@
 
 Every field is spatially constant and moves by a fixed amount D per step, so with the
 input (t_k, t_k+1) and target t_k+2: persistence misses by D; a model whose head bias is c
-(normalised, std s) predicts persistence + c s and misses by c s - D; climatology (mean m)
-misses by m - value.
+(normalised, std s) predicts persistence + c s and misses by c s - D (species: the mean
+m + c s, as counts are predicted directly); climatology (mean m) misses by m - value.
 """
 
 from __future__ import annotations
@@ -105,10 +105,12 @@ def test_scores_known_answer(tmp_path: Path) -> None:
         assert t["rmse_climatology"] == approx(rmse([(1 - 4.0, CELLS), (1 - 6.0, CELLS)]))
     assert got[("atmospheric/z", "850")]["rmse_model"] == approx(2.0)
 
-    # species per key: c s = -2, D = 0.5 -> the model misses by 2.5
+    # species per key, predicted directly (not residual): mean m + c s = (base + 1) - 2 misses
+    # the targets base + t D (D = 0.5) by -2 at t=2 and -2.5 at t=3
     for channel in ("7", "8", None):
         occ = got[("species/occurrence", channel)]
-        assert occ["rmse_model"] == approx(2.5) and occ["rmse_persistence"] == approx(0.5)
+        assert occ["rmse_model"] == approx(rmse([(-2.0, CELLS), (-2.5, CELLS)]))
+        assert occ["rmse_persistence"] == approx(0.5)
 
 
 def test_squared_errors_skip_missing_target_or_persistence() -> None:

@@ -71,12 +71,15 @@ def test_preset_parameter_counts() -> None:
     assert 42_500_000 <= counts["medium"] <= 57_500_000, counts
 
 
-def test_untrained_model_is_persistence() -> None:
+def test_untrained_model_is_persistence_and_species_climatology() -> None:
     model = BFM(build_config("tiny", LAYOUT))
     x = random_inputs(LAYOUT, 1, 9, 13)
     out = model(x, *coords(9, 13))
-    for g in out:
+    assert set(out) == {"surface", "atmospheric", "species"}
+    for g in ("surface", "atmospheric"):
         torch.testing.assert_close(out[g], x[g][:, -1], rtol=0, atol=0)
+    # Counts are predicted directly: normalised 0 is the training mean.
+    torch.testing.assert_close(out["species"], torch.zeros_like(out["species"]), rtol=0, atol=0)
 
 
 def test_backward_gives_finite_gradients_everywhere() -> None:

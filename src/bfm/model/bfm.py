@@ -80,7 +80,9 @@ class BFM(nn.Module):
         out = self.decoder(latents, self.pos_decoder(*centres), t)
         out = {g: y[..., :h, :w] for g, y in out.items()}
         if self.config.residual:
-            out = {g: y + inputs[g][:, -1].to(y.dtype) for g, y in out.items()}
+            layout = self.config.layout
+            out = {g: y if layout.kind(g) == "species" else y + inputs[g][:, -1].to(y.dtype)
+                   for g, y in out.items()}
         return out
 
     def _check(self, inputs: dict[str, Tensor]) -> tuple[int, int]:

@@ -30,8 +30,12 @@ class ModelConfig:
         mlp_ratio: hidden width of every MLP, in units of its input width.
         fourier_bands: wavelengths of the (lat, lon) Fourier position encoding.
         time_harmonics: harmonics of the day-of-year and hour encodings.
-        residual: predict the change from the last input time (an untrained model with its
-            zero-initialised heads is then exactly persistence).
+        residual: predict the change from the last input time for the continuous state
+            (time and level groups: an untrained model with its zero-initialised heads is
+            then exactly persistence). Species counts are sparse and noisy, so persistence is
+            a poor prior (it scores worse than climatology): they are always predicted
+            directly, as a normalised anomaly, and an untrained model predicts the training
+            mean.
     """
 
     layout: Layout
