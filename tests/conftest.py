@@ -34,6 +34,12 @@ def demo_workdir(workdir: Path) -> Path:
     return workdir
 
 
+def snakemake_cmd(workdir: Path) -> list[str]:
+    """``python -m snakemake`` on this repository's workflow, working in ``workdir``."""
+    snakefile = ROOT / "workflow/Snakefile"
+    return [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir)]
+
+
 @pytest.fixture
 def small_grid() -> Grid:
     return Grid(lat_min=44.0, lat_max=48.0, lon_min=0.0, lon_max=6.0, res=0.5)  # 9 x 13

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -16,7 +15,7 @@ import xarray as xr
 from bfm.batch import read_batch
 from bfm.stats import load_stats
 from bfm.workflow import Plan
-from tests.conftest import ROOT, demo_workdir
+from tests.conftest import ROOT, demo_workdir, snakemake_cmd
 
 PROVENANCE_KEYS = ("bfm_version", "git_commit", "config_hash")
 
@@ -24,15 +23,7 @@ PROVENANCE_KEYS = ("bfm_version", "git_commit", "config_hash")
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     workdir = demo_workdir(tmp_path_factory.mktemp("demo"))
-    base = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "workflow/Snakefile"),
-        "-d",
-        str(workdir),
-    ]
+    base = snakemake_cmd(workdir)
     started = time.monotonic()
     run = subprocess.run([*base, "--cores", "2"], capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-5000:]

@@ -40,7 +40,7 @@ import yaml
 from snakemake.profiles import ProfileConfigFileParser
 
 from bfm.workflow import Plan
-from tests.conftest import ROOT, demo_workdir
+from tests.conftest import ROOT, demo_workdir, snakemake_cmd
 
 pytestmark = pytest.mark.slurm
 
@@ -127,20 +127,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _snakemake(workdir: Path, args: list[str], env: dict[str, str]) -> tuple[str, float]:
     """One snakemake call under a hard timeout; its log and its wall time."""
-    cmd = [
-        "timeout",
-        "-s",
-        "KILL",
-        str(SNAKEMAKE_TIMEOUT),
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "workflow/Snakefile"),
-        "-d",
-        str(workdir),
-        *args,
-    ]
+    cmd = ["timeout", "-s", "KILL", str(SNAKEMAKE_TIMEOUT), *snakemake_cmd(workdir), *args]
     started = time.monotonic()
     out = _run(cmd, timeout=SNAKEMAKE_TIMEOUT + 60, env=env, cwd=workdir)
     seconds = time.monotonic() - started

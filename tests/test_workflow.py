@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bfm.workflow import Plan
-from tests.conftest import ROOT, demo_workdir
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+from tests.conftest import ROOT, demo_workdir, snakemake_cmd
 
 
 def demo_plan(**time) -> Plan:
@@ -59,17 +56,8 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        *SNAKEMAKE,
-        *args,
-        "-s",
-        str(ROOT / "workflow/Snakefile"),
-        "-d",
-        str(workdir),
-        "-n",
-        "--quiet",
-        "rules",
-    ]
+    # "--" ends --quiet's list of values; the targets follow.
+    cmd = [*snakemake_cmd(workdir), "-n", "--quiet", "rules", "--", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -102,7 +90,7 @@ def test_broken_config_stops_before_any_job(workdir):
     cfg["time"]["step"] = "2h"
     (workdir / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     out = subprocess.run(
-        [*SNAKEMAKE, "-s", str(ROOT / "workflow/Snakefile"), "-d", str(workdir), "-c1"],
+        [*snakemake_cmd(workdir), "-c1"],
         capture_output=True,
         text=True,
         timeout=300,
