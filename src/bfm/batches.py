@@ -23,7 +23,7 @@ from bfm.timeaxis import check_step, next_time, parse_t0
 
 log = logging.getLogger(__name__)
 
-# Batch group <- (tile modality, variable names in the tile).
+# Batch group <- the tile modality it is read from (variable names are the same).
 TILE_OF_GROUP = {
     "surface": "era5_surface",
     "atmospheric": "era5_atmospheric",

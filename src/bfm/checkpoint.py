@@ -91,9 +91,7 @@ def state_dir(run_dir: str | Path) -> Path:
     Snakemake deletes the outputs of a failed or interrupted job; the state lives beside them
     so that a re-run resumes from the last checkpoint with its full metrics history.
     """
-    path = Path(run_dir) / CHECKPOINTS
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(run_dir) / CHECKPOINTS
 
 
 def publish(run_dir: str | Path, meta: dict[str, Any]) -> None:

@@ -24,7 +24,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("bfm.evaluate", "score a trained model on held-out batches"),
     "report": ("bfm.report", "figures and tables for the Snakemake report"),
 }
-COMMAND_MODULES = tuple(module for module, _ in COMMANDS.values())
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -15,11 +15,21 @@ import pandas as pd
 from bfm.config import validate_config
 from bfm.grid import Grid
 from bfm.provenance import ENV_CONFIG_HASH, ENV_RESOLVED_CONFIG, config_hash
-from bfm.timeaxis import batch_starts, format_t0, next_time, period_of, periods, steps
+from bfm.tiles import tile_path
+from bfm.timeaxis import (
+    batch_starts,
+    format_t0,
+    next_time,
+    parse_t0,
+    period_of,
+    periods,
+    steps,
+)
 
-# Tile modalities with one file per period, and the batch group each one feeds.
+# Tile modalities with one file per period (era5_static has one file for all times).
 PERIOD_MODALITIES = ("era5_surface", "era5_atmospheric", "species_occurrence")
-STATIC_TILE = "results/tiles/era5_static/static.nc"
+TILES = "results/tiles"
+STATIC_TILE = str(tile_path(TILES, "era5_static"))
 
 
 class Plan:
@@ -57,25 +67,25 @@ class Plan:
 
     def batch_periods(self, t0: str) -> list[str]:
         """Periods whose tiles a batch reads: those of t0 and t0 + step."""
-        t = pd.Timestamp(pd.to_datetime(t0, format="%Y%m%dT%H"))
+        t = parse_t0(t0)
         return sorted({period_of(t), period_of(next_time(t, self.step))})
 
     def batch_tiles(self, t0: str) -> dict[str, list[str]]:
         out = {
-            m: [f"results/tiles/{m}/{p}.nc" for p in self.batch_periods(t0)]
+            m: [str(tile_path(TILES, m, p)) for p in self.batch_periods(t0)]
             for m in PERIOD_MODALITIES
         }
         out["era5_static"] = [STATIC_TILE]
         return out
 
     def train_periods(self) -> list[str]:
-        return sorted({t0[:4] + "-" + t0[4:6] for t0 in self.batch_names("train")})
+        return sorted({period_of(parse_t0(t0)) for t0 in self.batch_names("train")})
 
     def train_batches_in(self, period: str) -> list[str]:
         return [
             f"results/batches/{t0}.h5"
             for t0 in self.batch_names("train")
-            if f"{t0[:4]}-{t0[4:6]}" == period
+            if period_of(parse_t0(t0)) == period
         ]
 
     def raw_era5(self, group: str, period: str | None = None) -> str:

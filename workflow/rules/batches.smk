@@ -12,7 +12,7 @@ rule batch:
     conda:
         "../../envs/geo.yaml"
     params:
-        grid=get_grid_arg,
+        grid=PLAN.grid_arg(),
         step=config["time"]["step"],
     shell:
         "bfm batch --t0 {wildcards.t0} --step {params.step} --grid {params.grid}"

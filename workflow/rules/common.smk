@@ -31,14 +31,6 @@ def get_final_outputs():
     ]
 
 
-def get_grid_arg(wildcards):
-    return PLAN.grid_arg()
-
-
-def get_levels_arg(wildcards):
-    return PLAN.levels_arg()
-
-
 def get_raw_era5(wildcards):
     return PLAN.raw_era5(wildcards.group, wildcards.period)
 
@@ -77,7 +69,3 @@ def get_run_dir_of_input(wildcards, input):
 
 def get_run_dir_of_output(wildcards, output):
     return os.path.dirname(output.meta)
-
-
-def get_train_settings(wildcards):
-    return config["train"]

@@ -11,8 +11,8 @@ rule sample_era5:
     conda:
         "../../envs/sources.yaml"
     params:
-        grid=get_grid_arg,
-        levels=get_levels_arg,
+        grid=PLAN.grid_arg(),
+        levels=PLAN.levels_arg(),
         seed=config["sources"]["era5"]["seed"],
     shell:
         "bfm sample era5 --group {wildcards.group} --period {wildcards.period}"
@@ -29,8 +29,8 @@ rule sample_era5_static:
     conda:
         "../../envs/sources.yaml"
     params:
-        grid=get_grid_arg,
-        levels=get_levels_arg,
+        grid=PLAN.grid_arg(),
+        levels=PLAN.levels_arg(),
         seed=config["sources"]["era5"]["seed"],
     shell:
         "bfm sample era5 --group static --grid {params.grid} --levels {params.levels}"
@@ -48,7 +48,7 @@ rule sample_gbif:
     conda:
         "../../envs/sources.yaml"
     params:
-        grid=get_grid_arg,
+        grid=PLAN.grid_arg(),
         start=config["time"]["start"],
         end=config["time"]["end"],
         seed=config["sources"]["gbif"]["seed"],

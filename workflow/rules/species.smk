@@ -13,7 +13,7 @@ rule tile_species:
     conda:
         "../../envs/geo.yaml"
     params:
-        grid=get_grid_arg,
+        grid=PLAN.grid_arg(),
         start=config["time"]["start"],
         end=config["time"]["end"],
         step=config["time"]["step"],

@@ -12,7 +12,7 @@ rule tile_era5:
     conda:
         "../../envs/geo.yaml"
     params:
-        grid=get_grid_arg,
+        grid=PLAN.grid_arg(),
         start=config["time"]["start"],
         end=config["time"]["end"],
         step=config["time"]["step"],
@@ -33,6 +33,6 @@ rule tile_era5_static:
     conda:
         "../../envs/geo.yaml"
     params:
-        grid=get_grid_arg,
+        grid=PLAN.grid_arg(),
     shell:
         "bfm tile era5-static --input {input} --grid {params.grid} --out {output} > {log} 2>&1"

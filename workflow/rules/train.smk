@@ -25,7 +25,7 @@ rule train:
         mpi="",
     params:
         model=config["model"],
-        train=get_train_settings,
+        train=config["train"],
         out=get_run_dir_of_output,
     shell:
         "{resources.mpi} bfm train --batches {input.batches} --stats {input.stats}"
