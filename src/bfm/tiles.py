@@ -49,6 +49,7 @@ from bfm import __version__, regrid, timeaxis
 from bfm.cliutil import add_grid_argument
 from bfm.fileio import atomic_path
 from bfm.grid import Grid
+from bfm.paths import tile_path  # noqa: F401  (part of this module's interface)
 from bfm.provenance import provenance
 from bfm.sources import era5, gbif
 
@@ -112,11 +113,6 @@ COORD_ATTRS = {
                   "long_name": "longitude", "axis": "X"},
     "species": {"long_name": "GBIF species key"},
 }  # fmt: skip
-
-
-def tile_path(root: str | Path, modality: str, period: str | None = None) -> Path:
-    """``<root>/<modality>/<period>.nc`` (``static.nc`` for era5_static)."""
-    return Path(root) / modality / (f"{period}.nc" if period else "static.nc")
 
 
 # --- pure builders -------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import pandas as pd
 
 from bfm.config import validate_config
 from bfm.grid import Grid
+from bfm.paths import tile_path
 from bfm.provenance import ENV_CONFIG_HASH, ENV_RESOLVED_CONFIG, config_hash
-from bfm.tiles import tile_path
 from bfm.timeaxis import (
     batch_starts,
     format_t0,
