@@ -11,25 +11,26 @@ import time
 
 import torch
 
+from bfm.contracts.catalogue import DEFAULT_LEVELS, DimsKind
+from bfm.contracts.layout import Layout
+from bfm.contracts.sample import ModelInput
 from bfm.model import BFM
-from bfm.model.config import Layout
 from bfm.model.presets import build_config
 
 # The real channel counts: 13 pressure levels, the 6 species of resources/species.csv.
-EUROPE = Layout(levels=(50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000),
-                species=(1, 2, 3, 4, 5, 6))
+EUROPE = Layout(levels=DEFAULT_LEVELS, species=(1, 2, 3, 4, 5, 6))
 
 
-def example_inputs(layout: Layout, h: int, w: int, device: torch.device) -> tuple:
+def example_input(layout: Layout, h: int, w: int, device: torch.device) -> ModelInput:
     """Random normalised inputs, descending latitudes, day-of-year/hour time."""
     inputs = {}
     for group in layout.groups:
         c = layout.n_channels(group)
-        shape = (1, c, h, w) if layout.kind(group) == "static" else (1, 2, c, h, w)
+        shape = (1, c, h, w) if layout.kind(group) == DimsKind.STATIC else (1, 2, c, h, w)
         inputs[group] = torch.randn(shape, device=device)
     lat = torch.linspace(72.0, 72.0 - 0.25 * (h - 1), h, device=device)
     lon = torch.linspace(-30.0, -30.0 + 0.25 * (w - 1), w, device=device)
-    return inputs, lat, lon, torch.tensor([[15.0, 6.0]], device=device)
+    return ModelInput(inputs, lat, lon, torch.tensor([[15.0, 6.0]], device=device))
 
 
 def main() -> None:
@@ -42,13 +43,13 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for preset in args.presets:
         model = BFM(build_config(preset, EUROPE)).to(device)
-        inputs, lat, lon, time_ = example_inputs(EUROPE, h, w, device)
+        x = example_input(EUROPE, h, w, device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         times = []
         for i in range(args.steps + 1):
             t0 = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out = model(inputs, lat, lon, time_)
+                out = model(x)
                 loss = sum(o.float().pow(2).mean() for o in out.values())
             loss.backward()
             opt.step()
@@ -58,8 +59,10 @@ def main() -> None:
             if i:
                 times.append(time.perf_counter() - t0)
         n = sum(p.numel() for p in model.parameters())
-        print(f"{preset:7s} {n / 1e6:7.2f}M params  grid {h}x{w}  {device.type}: "
-              f"{sorted(times)[len(times) // 2]:.3f} s/step (median of {len(times)})")
+        print(
+            f"{preset:7s} {n / 1e6:7.2f}M params  grid {h}x{w}  {device.type}: "
+            f"{sorted(times)[len(times) // 2]:.3f} s/step (median of {len(times)})"
+        )
 
 
 if __name__ == "__main__":

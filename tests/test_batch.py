@@ -6,11 +6,20 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
-from bfm.batch import SCHEMA, BatchError, read_batch, write_batch
-from tests.conftest import PROV, synthetic_batch
+from bfm.contracts.batch import SCHEMA, Batch, BatchError, read_batch, write_batch
+from bfm.contracts.catalogue import DEFAULT_LEVELS
+from bfm.testing import PROVENANCE as PROV
+from bfm.testing import mock_batch, random_values
+
+
+def synthetic_batch(grid, t0: str) -> Batch:
+    return mock_batch(
+        t0, grid, value=random_values(0), levels=DEFAULT_LEVELS, species=(2435240, 5219173, 2433433)
+    )
 
 
 def test_round_trip_preserves_every_array(small_grid, tmp_path):
@@ -51,6 +60,12 @@ def test_nan_is_kept_as_missing(small_grid, tmp_path):
     assert np.isnan(back.groups["surface"]["t2m"][0, 0, 0])
 
 
+def _set_times(f: h5py.File, t0: str, t1: str) -> None:
+    """Rewrite the times consistently (attribute and coordinate dataset)."""
+    f.attrs["times"] = f'["{t0}", "{t1}"]'
+    f["time"][...] = [pd.Timestamp(t).value // 10**9 for t in (t0, t1)]
+
+
 def _corrupt(path: Path, edit) -> Path:
     with h5py.File(path, "a") as f:
         edit(f)
@@ -63,7 +78,14 @@ def _corrupt(path: Path, edit) -> Path:
         (lambda f: f.attrs.__setitem__("schema", "bfm-batch/0"), "attribute 'schema'"),
         (lambda f: f.__delitem__("surface"), "'surface' but no such group"),
         (lambda f: f["surface"].__delitem__("msl"), r"lacks variables \['msl'\]"),
-        (lambda f: f.attrs.__setitem__("times", '["2010-01-02", "2010-01-01"]'), "time"),
+        (lambda f: _set_times(f, "2010-01-02", "2010-01-01"), "times must increase"),
+        (lambda f: _set_times(f, "2010-01-01", "2010-01-01"), "times must increase"),
+        (
+            lambda f: f.attrs.__setitem__("times", '["2010-01-01", "2010-01-03"]'),
+            r"dataset 'time' .* != attrs",
+        ),
+        (lambda f: f["latitude"].__setitem__(0, 99.0), "'latitude' does not match the grid"),
+        (lambda f: f["longitude"].__setitem__(-1, 0.0), "'longitude' does not match the grid"),
         (lambda f: f.attrs.__delitem__("grid"), "missing root attribute 'grid'"),
     ],
 )
@@ -112,3 +134,29 @@ def test_failed_write_leaves_no_partial_file(small_grid, tmp_path):
     with pytest.raises(TypeError):
         write_batch(batch, target, {"bfm_version": object()})  # not storable as an attribute
     assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_bytes_are_detected_never_read_as_data(small_grid, tmp_path):
+    """Bytes overwritten inside a batch (not a truncation) give a BatchError naming the file
+    (no traceback) or, where they hit unused space, the original values; never wrong values
+    (every dataset carries a checksum)."""
+    batch = synthetic_batch(small_grid, "2010-01-01")
+    clean = write_batch(batch, tmp_path / "clean.h5", PROV).read_bytes()
+    rng = np.random.default_rng(0)
+    detected = 0
+    for where in np.linspace(0.02, 0.98, 25):
+        path = tmp_path / "b.h5"
+        data = bytearray(clean)
+        start = int(len(data) * where)
+        data[start : start + 64] = rng.integers(0, 256, 64, np.uint8).tobytes()
+        path.write_bytes(bytes(data))
+        try:
+            back = read_batch(path)
+        except BatchError as err:
+            assert str(err).startswith(f"{path}: ") and "\n" not in str(err)
+            detected += 1
+            continue
+        for group, variables in batch.groups.items():
+            for var, arr in variables.items():
+                np.testing.assert_array_equal(back.groups[group][var], arr)
+    assert detected >= 15, detected

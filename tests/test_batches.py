@@ -2,168 +2,84 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 
 from bfm import cli
-from bfm.batch import read_batch
-from tests.conftest import ROOT
+from bfm.contracts import catalogue
+from bfm.contracts.batch import read_batch
+from bfm.testing import ROOT, demo_config
+from bfm.workflow import Plan
 
-GRID = "44,46,0,2,0.5"
-WINDOW = ["--start", "2010-01-30", "--end", "2010-02-02", "--step", "1D"]
+GRID = {"lat_min": 44.0, "lat_max": 46.0, "lon_min": 0.0, "lon_max": 2.0, "res": 0.5}
+TIME = {"start": "2010-01-30", "end": "2010-02-03", "step": "1D", "eval_start": "2010-02-01"}
+RAW = {
+    "era5_surface": "era5/surface/{p}.nc",
+    "era5_atmospheric": "era5/atmospheric/{p}.nc",
+    "era5_static": "era5/static/static.nc",
+    "species_occurrence": "gbif/occurrences.zip",
+}
+
+
+def write_config(path: Path, **changes) -> Path:
+    cfg = demo_config(grid=GRID, species=str(ROOT / "resources/species.csv"), **changes)
+    cfg["time"] = dict(TIME)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiles")
-    species = str(ROOT / "resources/species.csv")
+    cfg = write_config(d / "config.yaml")
     run = cli.main
-    for period in ("2010-01", "2010-02"):
-        for group in ("surface", "atmospheric"):
-            raw = f"{d}/raw/{group}/{period}.nc"
-            assert (
-                run(
-                    [
-                        "sample",
-                        "era5",
-                        "--group",
-                        group,
-                        "--period",
-                        period,
-                        "--grid",
-                        GRID,
-                        "--seed",
-                        "3",
-                        "--out",
-                        raw,
-                    ]
-                )
-                == 0
-            )
+    for source, name in [
+        ("era5", f"{u}/{p}.nc") for u in ("surface", "atmospheric") for p in ("2010-01", "2010-02")
+    ] + [("era5", "static/static.nc"), ("gbif", "occurrences.zip")]:
+        assert (
+            run(["sample", source, name, "--config", str(cfg), "--out", f"{d}/raw/{source}/{name}"])
+            == 0
+        )
+    for modality, raw in RAW.items():
+        periods = ["2010-01", "2010-02"] if catalogue.modality(modality).periodic else ["static"]
+        for p in periods:
             assert (
                 run(
                     [
                         "tile",
-                        "era5",
-                        "--group",
-                        group,
-                        "--input",
-                        raw,
+                        modality,
                         "--period",
-                        period,
-                        "--grid",
-                        GRID,
-                        *WINDOW,
+                        p,
+                        "--input",
+                        f"{d}/raw/{raw.format(p=p)}",
+                        "--config",
+                        str(cfg),
                         "--out",
-                        f"{d}/era5_{group}/{period}.nc",
+                        f"{d}/{modality}/{p}.nc",
                     ]
                 )
                 == 0
             )
-    assert (
-        run(
-            [
-                "sample",
-                "gbif",
-                "--species",
-                species,
-                "--start",
-                "2010-01-30",
-                "--end",
-                "2010-02-02",
-                "--grid",
-                GRID,
-                "--seed",
-                "3",
-                "--out",
-                f"{d}/raw/occ.zip",
-            ]
-        )
-        == 0
-    )
-    for period in ("2010-01", "2010-02"):
-        assert (
-            run(
-                [
-                    "tile",
-                    "species",
-                    "--input",
-                    f"{d}/raw/occ.zip",
-                    "--species",
-                    species,
-                    "--period",
-                    period,
-                    "--grid",
-                    GRID,
-                    *WINDOW,
-                    "--out",
-                    f"{d}/species_occurrence/{period}.nc",
-                ]
-            )
-            == 0
-        )
-    assert (
-        run(
-            [
-                "sample",
-                "era5",
-                "--group",
-                "static",
-                "--grid",
-                GRID,
-                "--seed",
-                "3",
-                "--out",
-                f"{d}/raw/static.nc",
-            ]
-        )
-        == 0
-    )
-    assert (
-        run(
-            [
-                "tile",
-                "era5-static",
-                "--input",
-                f"{d}/raw/static.nc",
-                "--grid",
-                GRID,
-                "--out",
-                f"{d}/era5_static/static.nc",
-            ]
-        )
-        == 0
-    )
     return d
 
 
-def batch_args(d: Path, t0: str, periods: list[str], out: Path) -> list[str]:
-    def of(modality: str) -> list[str]:
-        return [f"{d}/{modality}/{p}.nc" for p in periods]
-
-    return [
-        "batch",
-        "--t0",
-        t0,
-        "--step",
-        "1D",
-        "--grid",
-        GRID,
-        "--surface",
-        *of("era5_surface"),
-        "--atmospheric",
-        *of("era5_atmospheric"),
-        "--species",
-        *of("species_occurrence"),
-        "--static",
-        f"{d}/era5_static/static.nc",
-        "--out",
-        str(out),
-    ]
+def batch_args(
+    d: Path, t0: str, periods: list[str], out: Path, config: Path | None = None, skip: str = ""
+) -> list[str]:
+    args = ["batch", "--t0", t0, "--config", str(config or d / "config.yaml"), "--out", str(out)]
+    for modality in RAW:
+        if modality == skip:
+            continue
+        spec = catalogue.modality(modality)
+        paths = [f"{d}/{modality}/{p}.nc" for p in (periods if spec.periodic else ["static"])]
+        args += ["--tile", f"{modality}={','.join(paths)}"]
+    return args
 
 
 def test_batch_across_a_month_boundary_holds_the_tile_values(tiles, tmp_path):
@@ -179,9 +95,12 @@ def test_batch_across_a_month_boundary_holds_the_tile_values(tiles, tmp_path):
         np.testing.assert_array_equal(
             batch.groups["atmospheric"]["q"][0], jan["q"].sel(time="2010-01-31").values
         )
-    assert list(batch.levels) == [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000]
+    assert list(batch.levels) == list(catalogue.DEFAULT_LEVELS)
     assert len(batch.species) == 6
     assert batch.attrs["config_hash"] and batch.attrs["bfm_version"]
+    plan = Plan(yaml.safe_load((tiles / "config.yaml").read_text()))
+    assert batch.attrs["settings_hash"] == plan.batch_settings_hash
+    assert batch.attrs["config_hash"] == plan.hash
 
 
 def test_missing_month_is_refused_naming_the_time(tiles, tmp_path, caplog):
@@ -191,8 +110,32 @@ def test_missing_month_is_refused_naming_the_time(tiles, tmp_path, caplog):
     assert not out.exists()
 
 
-def test_missing_tile_file_is_refused(tiles, tmp_path, caplog):
+def test_missing_tile_file_and_missing_modality_are_refused(tiles, tmp_path, caplog):
     args = batch_args(tiles, "20100130T00", ["2010-01"], tmp_path / "b.h5")
-    args[args.index("--static") + 1] = str(tmp_path / "nope.nc")
+    static = next(i for i, a in enumerate(args) if a.startswith("era5_static="))
+    args[static] = f"era5_static={tmp_path}/nope.nc"
     assert cli.main(args) == 1
     assert "nope.nc: no such tile" in caplog.text
+    caplog.clear()
+    args = batch_args(
+        tiles, "20100130T00", ["2010-01"], tmp_path / "b.h5", skip="species_occurrence"
+    )
+    assert cli.main(args) == 1
+    assert "missing ['species_occurrence']" in caplog.text
+    caplog.clear()
+    assert cli.main([*args, "--tile", "ndvi=x.nc"]) == 1
+    assert "unknown modality 'ndvi'" in caplog.text
+    assert not (tmp_path / "b.h5").exists()
+
+
+def test_tiles_of_other_settings_are_refused(tiles, tmp_path, caplog):
+    """A tile built under another config (here: another ERA5 seed) never enters a batch."""
+    caplog.set_level(logging.ERROR)
+    other = write_config(
+        tmp_path / "other.yaml",
+        sources={"era5": {"mode": "sample", "seed": 99}, "gbif": {"mode": "sample", "seed": 7}},
+    )
+    out = tmp_path / "20100130T00.h5"
+    assert cli.main(batch_args(tiles, "20100130T00", ["2010-01"], out, other)) == 1
+    assert "era5_surface/2010-01.nc: built under other settings" in caplog.text
+    assert not out.exists()

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from bfm.config import ConfigError, load_config, validate_config
-from bfm.grid import EUROPE, Grid
+from bfm.contracts.grid import Grid
+from bfm.testing import EUROPE_GRID as EUROPE
 from tests.conftest import ROOT
 
 
@@ -75,3 +76,38 @@ def test_unreadable_config_is_reported(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(bad)
+
+
+def test_impossible_date_names_the_key(demo):
+    demo["time"]["start"] = "2010-02-30"
+    with pytest.raises(ConfigError, match=r"key 'time.start' breaks the schema rule 'format'"):
+        validate_config(demo, "my.yaml")
+
+
+def test_start_after_end_is_reported_as_such(demo):
+    demo["time"].update(start="2010-03-01", end="2010-02-01", eval_start="2010-02-15")
+    with pytest.raises(ConfigError, match=r"'time.end' \(2010-02-01\) must lie after time.start"):
+        validate_config(demo)
+
+
+def test_sources_come_from_the_registry(demo):
+    from bfm.contracts.catalogue import DEFAULT_LEVELS
+
+    del demo["levels"]
+    assert validate_config(copy.deepcopy(demo))["levels"] == list(DEFAULT_LEVELS)
+    demo["sources"]["ndvi"] = {"mode": "sample"}
+    with pytest.raises(
+        ConfigError,
+        match=r"key 'sources' breaks the schema rule "
+        r"'additionalProperties'.*'ndvi'",
+    ):
+        validate_config(demo)
+    del demo["sources"]["ndvi"]
+    demo["sources"]["era5"]["mode"] = "download"
+    assert validate_config(demo)["sources"]["era5"]["mode"] == "download"
+    demo["plugins"] = ["no_such_plugin_module"]
+    with pytest.raises(ConfigError, match=r"key 'plugins': cannot import 'no_such_plugin_module'"):
+        validate_config(demo)
+    demo["plugins"] = ["missing/toy.py"]
+    with pytest.raises(ConfigError, match=r"'plugins': missing/toy\.py is not a file"):
+        validate_config(demo)

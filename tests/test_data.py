@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _model_fixtures import GRID, LEVELS, SPECIES, write_sequence, write_stats
 
-from bfm.batch import Batch, read_batch
-from bfm.data import BatchPairs, Layout, Normaliser, pair_batches, time_features
-from bfm.stats import load_stats
+from bfm.contracts.batch import Batch, read_batch
+from bfm.contracts.layout import Layout, Normaliser
+from bfm.contracts.stats import load_stats
+from bfm.testing import GRID, LEVELS, PROVENANCE, SPECIES, write_sequence, write_stats
+from bfm.training.data import BatchPairs, pair_batches, time_features
 
 
 def test_pairs_need_the_next_batch_to_start_at_t1(tmp_path: Path) -> None:
@@ -20,8 +21,11 @@ def test_pairs_need_the_next_batch_to_start_at_t1(tmp_path: Path) -> None:
     paths = write_sequence(tmp_path, 6, skip=(3,))
     pairs = pair_batches(list(reversed(paths)))  # order of the arguments does not matter
     got = [(p.input.stem, p.target.stem) for p in pairs]
-    assert got == [("20100101T00", "20100102T00"), ("20100102T00", "20100103T00"),
-                   ("20100105T00", "20100106T00")]
+    assert got == [
+        ("20100101T00", "20100102T00"),
+        ("20100102T00", "20100103T00"),
+        ("20100105T00", "20100106T00"),
+    ]
 
 
 def test_no_pair_is_a_clear_error(tmp_path: Path) -> None:
@@ -61,26 +65,29 @@ def test_sample_normalises_fills_inputs_and_masks_targets(tmp_path: Path) -> Non
     # inputs: (2, C, H, W), normalised per channel; the NaN became 0
     mean, std = stats.mean_std("atmospheric", "t")
     t_channels = slice(1 * len(LEVELS), 2 * len(LEVELS))  # variable-major: t is variable 1
-    expected = (x.groups["atmospheric"]["t"] - mean[None, :, None, None]) / std[None, :, None,
-                                                                                 None]
-    got = s["inputs"]["atmospheric"][:, t_channels].numpy()
-    assert s["inputs"]["atmospheric"].shape == (2, 5 * len(LEVELS), *GRID.shape)
+    expected = (x.groups["atmospheric"]["t"] - mean[None, :, None, None]) / std[None, :, None, None]
+    got = s.input.inputs["atmospheric"][:, t_channels].numpy()
+    assert s.input.inputs["atmospheric"].shape == (2, 5 * len(LEVELS), *GRID.shape)
     assert got[0, 1, 4, 5] == 0.0
     expected[0, 1, 4, 5] = 0.0
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
-    assert s["inputs"]["static"].shape == (3, *GRID.shape)
+    assert s.input.inputs["static"].shape == (3, *GRID.shape)
 
     # target: the second time of batch 1, masked where NaN
     msl_mean, msl_std = stats.mean_std("surface", "msl")
     tgt = (y.groups["surface"]["msl"][1] - msl_mean[0]) / msl_std[0]
-    assert s["target"]["surface"].shape == (4, *GRID.shape)
-    assert not s["mask"]["surface"][1, 2, 3]
-    assert s["mask"]["surface"].sum() == 4 * GRID.n_lat * GRID.n_lon - 1
-    assert s["target"]["surface"][1, 2, 3] == 0.0
-    np.testing.assert_allclose(s["target"]["surface"][1].numpy()[s["mask"]["surface"][1]],
-                               tgt[np.isfinite(tgt)], rtol=1e-5, atol=1e-5)
-    assert "static" not in s["target"]
-    for v in (*s["inputs"].values(), *s["target"].values()):
+    assert s.target["surface"].shape == (4, *GRID.shape)
+    assert not s.mask["surface"][1, 2, 3]
+    assert s.mask["surface"].sum() == 4 * GRID.n_lat * GRID.n_lon - 1
+    assert s.target["surface"][1, 2, 3] == 0.0
+    np.testing.assert_allclose(
+        s.target["surface"][1].numpy()[s.mask["surface"][1]],
+        tgt[np.isfinite(tgt)],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert "static" not in s.target
+    for v in (*s.input.inputs.values(), *s.target.values()):
         assert torch.isfinite(v).all()
 
 
@@ -88,10 +95,10 @@ def test_sample_carries_coordinates_and_time(tmp_path: Path) -> None:
     paths = write_sequence(tmp_path, 2, start="2010-03-01T06", step="6h")
     data = BatchPairs(paths, load_stats(write_stats(paths, tmp_path / "stats.json")))
     s = data[0]
-    np.testing.assert_allclose(s["lat"].numpy(), GRID.latitudes)
-    np.testing.assert_allclose(s["lon"].numpy(), GRID.longitudes)
-    assert s["time"].tolist() == [60.0, 6.0]  # 1 March 2010 is day 60, 06 UTC
-    assert s["t0"].item() == pd.Timestamp("2010-03-01T06").value // 10**9
+    np.testing.assert_allclose(s.input.lat.numpy(), GRID.latitudes)
+    np.testing.assert_allclose(s.input.lon.numpy(), GRID.longitudes)
+    assert s.input.time.tolist() == [60.0, 6.0]  # 1 March 2010 is day 60, 06 UTC
+    assert s.t0.item() == pd.Timestamp("2010-03-01T06").value // 10**9
     assert data.names == [p.name for p in paths]
     assert data.layout.groups == ("surface", "static", "atmospheric", "species")
 
@@ -101,8 +108,10 @@ def test_layout_channel_order_is_variable_major() -> None:
     labels = layout.channel_labels("atmospheric")
     assert labels[:4] == [("z", "500"), ("z", "850"), ("z", "1000"), ("t", "500")]
     assert layout.channel_labels("surface")[0] == ("t2m", None)
-    assert layout.channel_labels("species") == [("occurrence", "2435240"),
-                                                ("occurrence", "5219173")]
+    assert layout.channel_labels("species") == [
+        ("occurrence", "2435240"),
+        ("occurrence", "5219173"),
+    ]
     assert layout.dynamic == ("surface", "atmospheric", "species")
     arrays = {v: np.full((2, 3, 1, 1), i, np.float32) for i, v in enumerate("ztuvq")}
     stacked = layout.stack("atmospheric", arrays)
@@ -116,8 +125,9 @@ def test_normaliser_from_stats_orders_channels_like_the_layout(tmp_path: Path) -
     layout = Layout(levels=LEVELS, species=SPECIES)
     norm = Normaliser.from_stats(stats, layout)
     assert norm.mean["atmospheric"].shape == (15,)
-    np.testing.assert_array_equal(norm.mean["atmospheric"][3:6],
-                                  stats.mean_std("atmospheric", "t")[0])
+    np.testing.assert_array_equal(
+        norm.mean["atmospheric"][3:6], stats.mean_std("atmospheric", "t")[0]
+    )
     x = np.broadcast_to(norm.mean["atmospheric"][:, None, None] + 0.3, (2, 15, 2, 2))
     back = norm.denormalise("atmospheric", norm.normalise("atmospheric", x))
     np.testing.assert_allclose(back, x, rtol=1e-6)
@@ -134,8 +144,26 @@ def test_layout_mismatch_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="atmospheric/z have 3 channels"):
         BatchPairs(paths, stats, layout=other)
     # With a model's own normaliser the batches are checked when read.
-    norm = Normaliser({g: np.zeros(other.n_channels(g)) for g in other.groups},
-                      {g: np.ones(other.n_channels(g)) for g in other.groups})
+    norm = Normaliser(
+        {g: np.zeros(other.n_channels(g)) for g in other.groups},
+        {g: np.ones(other.n_channels(g)) for g in other.groups},
+    )
     data = BatchPairs(paths, norm, layout=other)
     with pytest.raises(ValueError, match="levels"):
         data[0]
+
+
+def test_batches_of_other_settings_are_refused(tmp_path: Path) -> None:
+    old = write_sequence(tmp_path, 3, provenance={**PROVENANCE, "settings_hash": "a" * 64})
+    new = write_sequence(
+        tmp_path, 2, start="2010-01-04", provenance={**PROVENANCE, "settings_hash": "b" * 64}
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"20100104T00\.h5: built under other settings "
+        r"\(settings_hash bbbbbbbbbbbb, expected aaaaaaaaaaaa; 2 of 5 batches\)",
+    ):
+        pair_batches([*old, *new])
+    with pytest.raises(ValueError, match=r"20100101T00\.h5: built under other settings"):
+        pair_batches(new + old, settings_hash="b" * 64)
+    assert len(pair_batches(new, settings_hash="b" * 64)) == 1

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from bfm import distributed
-from bfm.distributed import DistEnv, discover, export
+from bfm.training import distributed
+from bfm.training.distributed import DistEnv, discover, export
 
 
 def no_hosts(nodelist: str) -> list[str]:
@@ -15,14 +15,26 @@ def no_hosts(nodelist: str) -> list[str]:
 
 
 def test_torchrun() -> None:
-    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "gcn12",
-           "MASTER_PORT": "29555", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "gcn12",
+        "MASTER_PORT": "29555",
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "1",
+    }
     assert discover(env, no_hosts) == DistEnv(3, 8, 1, "gcn12", 29555, "torchrun")
 
 
 def test_slurm_srun_takes_first_host_and_job_port() -> None:
-    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-           "SLURM_JOB_NODELIST": "gcn[3-4]", "SLURM_JOB_ID": "1234567"}
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gcn[3-4]",
+        "SLURM_JOB_ID": "1234567",
+    }
     seen = []
 
     def hosts(nodelist: str) -> list[str]:
@@ -34,12 +46,19 @@ def test_slurm_srun_takes_first_host_and_job_port() -> None:
     assert d == DistEnv(5, 8, 1, "gcn3", 10000 + 1234567 % 20000, "slurm")
     # every task of the job derives the same port, without talking to the others
     assert discover({**env, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, hosts).master_port == (
-        d.master_port)
+        d.master_port
+    )
 
 
 def test_slurm_explicit_master_wins() -> None:
-    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gcn[1-2]",
-           "SLURM_JOB_ID": "7", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "31000"}
+    env = {
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "2",
+        "SLURM_JOB_NODELIST": "gcn[1-2]",
+        "SLURM_JOB_ID": "7",
+        "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "31000",
+    }
     d = discover(env, no_hosts)
     assert (d.master_addr, d.master_port, d.local_rank) == ("10.0.0.1", 31000, 0)
 
@@ -67,8 +86,11 @@ def test_slurm_hostnames_with_scontrol(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_open_mpi() -> None:
-    env = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2",
-           "OMPI_COMM_WORLD_LOCAL_RANK": "1"}
+    env = {
+        "OMPI_COMM_WORLD_RANK": "1",
+        "OMPI_COMM_WORLD_SIZE": "2",
+        "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+    }
     assert discover(env, no_hosts) == DistEnv(1, 2, 1, "127.0.0.1", 29500, "openmpi")
 
 
@@ -79,7 +101,8 @@ def test_pmi() -> None:
 
 def test_single_process_gets_a_free_port_unless_told() -> None:
     assert discover({}, no_hosts, free_port=lambda: 40001) == DistEnv(
-        0, 1, 0, "127.0.0.1", 40001, "single")
+        0, 1, 0, "127.0.0.1", 40001, "single"
+    )
     assert discover({"MASTER_PORT": "29601"}, no_hosts).master_port == 29601
     assert 0 < distributed.find_free_port() < 65536
 
@@ -96,5 +119,10 @@ def test_bad_values_are_clear_errors() -> None:
 def test_export_writes_the_torch_variables() -> None:
     environ: dict[str, str] = {}
     export(DistEnv(1, 2, 1, "gcn3", 12345, "slurm"), environ)
-    assert environ == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
-                       "MASTER_ADDR": "gcn3", "MASTER_PORT": "12345"}
+    assert environ == {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "gcn3",
+        "MASTER_PORT": "12345",
+    }

@@ -12,8 +12,8 @@ import h5py
 import pytest
 import xarray as xr
 
-from bfm.batch import read_batch
-from bfm.stats import load_stats
+from bfm.contracts.batch import read_batch
+from bfm.contracts.stats import load_stats
 from bfm.workflow import Plan
 from tests.conftest import ROOT, demo_workdir, snakemake_cmd
 
@@ -84,7 +84,7 @@ def test_statistics_cover_exactly_the_training_batches(demo_run, plan):
 
 @pytest.mark.slow
 def test_checkpoint_loads_and_meta_is_complete(demo_run, plan):
-    from bfm.checkpoint import load_model
+    from bfm.training.checkpoint import load_model
 
     run_dir = demo_run / "results/models/demo"
     meta = json.loads((run_dir / "meta.json").read_text())

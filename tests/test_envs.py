@@ -12,6 +12,7 @@ provide `bfm` itself through `<env>.post-deploy.sh` (-> envs/install-bfm.sh).
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from bfm.cli import COMMANDS
+from bfm.cli import COMMANDS, command_module
 from tests.conftest import ROOT
 
 SRC = ROOT / "src"
@@ -193,7 +194,7 @@ def third_party_closure(start: list[str]) -> dict[str, set[str]]:
 
 def modules_run_by(shell: str) -> list[str]:
     commands = bfm_commands(shell)
-    return ["bfm", "bfm.cli", *(COMMANDS[c][0] for c in commands)]
+    return ["bfm", "bfm.cli", *(command_module(c) for c in commands)]
 
 
 # --- env files ---------------------------------------------------------------------------
@@ -306,20 +307,74 @@ def test_env_pins_match_the_tested_venv():
             assert pinned == installed, f"{path.name}: {spec} but the venv has {installed}"
 
 
+_PARSE_SCRIPT = _RULES_SCRIPT.replace(
+    'print("RULES=" + json.dumps(rules))',
+    'print("MODULES=" + json.dumps(sorted(sys.modules)))',
+)
+
+
+def top_level_imports(module: str) -> set[str]:
+    """Third-party top-level modules that ``module`` imports when it is imported (its
+    module-level statements; not function bodies, not ``if TYPE_CHECKING:``)."""
+    tree = ast.parse(module_file(module).read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in ast.walk(node) if isinstance(node, ast.Import | ast.ImportFrom) else []:
+            if isinstance(sub, ast.Import):
+                names.update(a.name.split(".")[0] for a in sub.names)
+            elif isinstance(sub, ast.ImportFrom) and not sub.level and sub.module:
+                names.add(sub.module.split(".")[0])
+    return names - {"bfm", "__future__"} - set(sys.stdlib_module_names)
+
+
+def _requirements_of(names: set[str]) -> set[str]:
+    """The distributions ``names`` may use, transitively, extras included (installed ones
+    import their optional dependencies when present)."""
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        todo += [
+            re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requires
+        ]
+    return seen
+
+
 def test_workflow_env_provides_what_the_snakefile_imports():
-    """The Snakefile imports bfm (config validation, the plan) in the main Snakemake process."""
-    imports = set()
-    for path in [ROOT / "workflow/Snakefile", *ROOT.joinpath("workflow/rules").glob("*.smk")]:
-        imports |= set(re.findall(r"^(?:from|import)\s+([\w.]+)", path.read_text(), re.M))
-    ours = sorted(m for m in imports if m.split(".")[0] == "bfm")
-    assert ours, imports
-    needs = set(third_party_closure(ours)) | {
-        m.split(".")[0] for m in imports if m.split(".")[0] != "bfm"
-    }
-    needs -= set(sys.stdlib_module_names)
+    """Parsing the workflow (in the main Snakemake process and in every SLURM job) imports
+    bfm.config, bfm.workflow, the catalogue and the sources' registry: their imports are in
+    envs/snakemake.yaml, and heavy libraries (xarray, torch, ...) stay out of the parse."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PARSE_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("MODULES="))
+    loaded = json.loads(line.removeprefix("MODULES="))
+    top = {m.split(".")[0] for m in loaded}
+    for heavy in ("xarray", "torch", "deepspeed", "netCDF4", "h5py", "matplotlib"):
+        assert heavy not in top, f"parsing the workflow imports {heavy}"
     provided = env_packages(load_env(WORKFLOW_ENV))
-    missing = {CONDA_PACKAGE.get(m, m.lower()) for m in needs} - set(provided)
-    assert not missing, f"{WORKFLOW_ENV.name} lacks {missing} (imported by {ours})"
+    ours = {m for m in loaded if m.split(".")[0] == "bfm" and module_file(m)}
+    assert "bfm.workflow" in ours and "bfm.sources.era5" in ours
+    needs = {CONDA_PACKAGE.get(m, m.lower()) for o in ours for m in top_level_imports(o)}
+    assert needs <= set(provided), f"{WORKFLOW_ENV.name} lacks {sorted(needs - set(provided))}"
+    # Everything else that got imported comes with what the env provides.
+    allowed = _requirements_of(set(provided) | PIP_ONLY | {"pyyaml"})
+    distributions = importlib.metadata.packages_distributions()
+    others = {
+        d.lower().replace("_", "-")
+        for m in top - set(sys.stdlib_module_names) - {"bfm"}
+        for d in distributions.get(m, [])
+    }
+    assert others <= allowed | set(provided), sorted(others - allowed - set(provided))
 
 
 def test_import_walker(tmp_path, monkeypatch):

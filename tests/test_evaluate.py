@@ -14,18 +14,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _model_fixtures import GRID, write_sequence
 
-from bfm import checkpoint
-from bfm.batch import Batch
 from bfm.cli import main
-from bfm.data import Layout, Normaliser
-from bfm.evaluate import squared_errors
+from bfm.contracts.batch import Batch
+from bfm.contracts.layout import Layout, Normaliser
+from bfm.evaluation.evaluate import squared_errors
 from bfm.model import BFM, build_config
+from bfm.testing import GRID, mock_meta, write_sequence
+from bfm.training import checkpoint
 
 LAYOUT = Layout(levels=(500, 850), species=(7, 8))
-BASE = {"t2m": 280.0, "msl": 101000.0, "u10": 0.0, "v10": 0.0, "z": 500.0, "t": 250.0,
-        "u": 0.0, "v": 0.0, "q": 1.0, "occurrence": 0.5, "lsm": 0.5, "slt": 1.0}
+BASE = {
+    "t2m": 280.0,
+    "msl": 101000.0,
+    "u10": 0.0,
+    "v10": 0.0,
+    "z": 500.0,
+    "t": 250.0,
+    "u": 0.0,
+    "v": 0.0,
+    "q": 1.0,
+    "occurrence": 0.5,
+    "lsm": 0.5,
+    "slt": 1.0,
+}
 STEP = {"t2m": 1.0, "msl": 50.0, "occurrence": 0.5}  # D; 2.0 for the others
 STD = 4.0
 BIAS = {"surface/t2m": 0.25, "atmospheric/t": 0.5, "species/occurrence": -0.5}  # c
@@ -46,8 +58,12 @@ def holes(k: int, batch: Batch) -> None:
 
 def fake_run(run: Path) -> None:
     """A run directory as training leaves it: meta.json + a DeepSpeed-layout checkpoint."""
-    mean = {g: np.array([BASE[v] + 10.0 * c + 1.0 for v in LAYOUT.variables(g)
-                         for c in range(LAYOUT.inner(g))]) for g in LAYOUT.groups}
+    mean = {
+        g: np.array(
+            [BASE[v] + 10.0 * c + 1.0 for v in LAYOUT.variables(g) for c in range(LAYOUT.inner(g))]
+        )
+        for g in LAYOUT.groups
+    }
     std = {g: np.full(LAYOUT.n_channels(g), STD) for g in LAYOUT.groups}
     cfg = build_config("tiny", LAYOUT)
     model = BFM(cfg, Normaliser(mean, std))
@@ -59,8 +75,7 @@ def fake_run(run: Path) -> None:
     ckpt.mkdir(parents=True)
     torch.save({"module": model.state_dict()}, ckpt / checkpoint.MODEL_STATES)
     (run / checkpoint.CHECKPOINTS / "latest").write_text("step_000001")
-    checkpoint.write_meta(run, {"model": {"config": cfg.to_dict()},
-                                "deepspeed": {"zero_stage": 1}, "steps_done": 1})
+    checkpoint.write_meta(run, mock_meta(cfg))
 
 
 def rmse(errors_and_counts: list[tuple[float, int]]) -> float:
@@ -69,17 +84,41 @@ def rmse(errors_and_counts: list[tuple[float, int]]) -> float:
 
 
 def test_scores_known_answer(tmp_path: Path) -> None:
-    paths = write_sequence(tmp_path / "batches", 3, levels=LAYOUT.levels,
-                           species=LAYOUT.species, value=value, edit=holes)
+    paths = write_sequence(
+        tmp_path / "batches",
+        3,
+        levels=LAYOUT.levels,
+        species=LAYOUT.species,
+        value=value,
+        edit=holes,
+    )
     fake_run(tmp_path / "run")
     out = tmp_path / "eval" / "scores.jsonl"
-    assert main(["evaluate", "--model", str(tmp_path / "run"), "--batches",
-                 *map(str, paths), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "run"),
+                "--batches",
+                *map(str, paths),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     got = {(r["variable"], r["channel"]): r for r in lines}
     assert len(lines) == 4 + 5 * (2 + 1) + (2 + 1)
-    assert set(lines[0]) == {"variable", "channel", "n", "rmse_model", "rmse_persistence",
-                             "rmse_climatology"}
+    assert set(lines[0]) == {
+        "variable",
+        "channel",
+        "n",
+        "rmse_model",
+        "rmse_persistence",
+        "rmse_climatology",
+    }
     approx = lambda x: pytest.approx(x, rel=1e-4, abs=1e-3)  # noqa: E731
 
     # t2m: D = 1, model = persistence + 0.25 * 4 = exact; targets t=2 (117) and t=3 (112)
@@ -94,8 +133,7 @@ def test_scores_known_answer(tmp_path: Path) -> None:
     msl = got[("surface/msl", None)]
     assert msl["n"] == 2 * CELLS - 6
     assert msl["rmse_model"] == approx(50.0) and msl["rmse_persistence"] == approx(50.0)
-    assert msl["rmse_climatology"] == approx(rmse([(1 - 100.0, CELLS - 3), (1 - 150.0,
-                                                                         CELLS - 3)]))
+    assert msl["rmse_climatology"] == approx(rmse([(1 - 100.0, CELLS - 3), (1 - 150.0, CELLS - 3)]))
 
     # atmospheric/t per level (D = 2, c s = 2 -> exact) and its summary over levels
     for channel in ("500", "850", None):
@@ -121,12 +159,63 @@ def test_squared_errors_skip_missing_target_or_persistence() -> None:
     assert out["p"].tolist() == [1.0 + 4.0]
 
 
-def test_evaluate_without_checkpoint_is_a_clean_error(tmp_path: Path) -> None:
+def test_evaluate_without_checkpoint_is_a_clean_error(tmp_path: Path, caplog) -> None:
     paths = write_sequence(tmp_path / "batches", 2)
     run = tmp_path / "run"
-    checkpoint.write_meta(run, {"model": {"config": build_config("tiny", LAYOUT).to_dict()},
-                                "deepspeed": {"zero_stage": 1}})
-    rc = main(["evaluate", "--model", str(run), "--batches", *map(str, paths), "--out",
-               str(tmp_path / "scores.jsonl")])
+    checkpoint.write_meta(run, mock_meta(build_config("tiny", LAYOUT)))
+    rc = main(
+        [
+            "evaluate",
+            "--model",
+            str(run),
+            "--batches",
+            *map(str, paths),
+            "--out",
+            str(tmp_path / "scores.jsonl"),
+        ]
+    )
     assert rc == 1
+    assert "no readable checkpoint" in caplog.text
     assert not (tmp_path / "scores.jsonl").exists()
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path: Path, caplog) -> None:
+    fake_run(tmp_path / "run")
+    ckdir = tmp_path / "run" / checkpoint.CHECKPOINTS
+    newer = ckdir / "step_000002"
+    newer.mkdir()
+    (newer / checkpoint.MODEL_STATES).write_bytes(b"\x80\x04 not a checkpoint")
+    (ckdir / "latest").write_text("step_000002")
+    model, _ = checkpoint.load_model(tmp_path / "run")
+    assert checkpoint.find_latest(tmp_path / "run") == ckdir / "step_000001"
+    assert "skipping checkpoint" in caplog.text and "step_000002" in caplog.text
+    assert model.decoder.head_bias[0, 0].item() == BIAS["surface/t2m"]
+
+
+def test_meta_json_is_validated_when_read(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "meta.json").write_text('{"schema": "bfm-run/1", "model": {}}')
+    with pytest.raises(ValueError, match=r"meta\.json: missing key\(s\) \['created_at'"):
+        checkpoint.read_meta(run)
+    (run / "meta.json").write_text('{"schema": "other"}')
+    with pytest.raises(ValueError, match="'schema' is not 'bfm-run/1'"):
+        checkpoint.read_meta(run)
+    with pytest.raises(ValueError, match="missing key"):
+        checkpoint.write_meta(run, {"schema": "bfm-run/1"})
+
+
+def test_metrics_log_is_validated_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5, "lr": 0.1}\n{"step": 1, "loss": 0.4, "lr": 0.1}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: step 1 does not follow step 1"):
+        checkpoint.read_metrics(path)
+    path.write_text('{"step": 1, "loss": "low", "lr": 0.1}\n')
+    with pytest.raises(ValueError, match=r":1: step must be an integer, loss and lr numbers"):
+        checkpoint.read_metrics(path)
+    path.write_text('{"step": 1}\n')
+    with pytest.raises(ValueError, match=r":1: a metrics record needs"):
+        checkpoint.read_metrics(path)
+    path.write_text("not json\n")
+    with pytest.raises(ValueError, match=r":1: not a JSON line"):
+        checkpoint.read_metrics(path)

@@ -1,14 +1,13 @@
 """bfm.grid (the shared Grid contract) and the --grid / --levels parsing of bfm.cliutil."""
 
-import argparse
 import json
 import math
 
 import numpy as np
 import pytest
 
-from bfm.cliutil import add_grid_argument, parse_grid_arg, parse_levels_arg
-from bfm.grid import EARTH_RADIUS_M, EUROPE, Grid
+from bfm.contracts.grid import EARTH_RADIUS_M, Grid
+from bfm.testing import EUROPE_GRID as EUROPE
 
 DEMO = Grid(lat_min=44.0, lat_max=56.0, lon_min=0.0, lon_max=20.0, res=0.5)
 
@@ -89,30 +88,3 @@ def test_contains_and_index_of():
     row, col = DEMO.index_of(lat[:3], lon[:3])
     np.testing.assert_array_equal(row, [0, 0, DEMO.n_lat - 1])
     np.testing.assert_array_equal(col, [0, 0, DEMO.n_lon - 1])
-
-
-def test_parse_grid_arg():
-    assert parse_grid_arg("44,56,0,20,0.5") == DEMO
-    assert parse_grid_arg(" 34, 72, -30, 50, 0.25 ") == EUROPE
-    with pytest.raises(ValueError, match="--grid"):
-        parse_grid_arg("44,56,0,20")
-    with pytest.raises(ValueError, match="--grid"):
-        parse_grid_arg("44,56,0,twenty,0.5")
-    with pytest.raises(ValueError, match="lat_min"):
-        parse_grid_arg("44.1,56,0,20,0.5")
-
-
-def test_grid_argument_reports_the_problem(capsys):
-    parser = argparse.ArgumentParser()
-    add_grid_argument(parser)
-    assert parser.parse_args(["--grid", "44,56,0,20,0.5"]).grid == DEMO
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--grid", "44,56,0"])
-    assert "LAT_MIN,LAT_MAX,LON_MIN,LON_MAX,RES" in capsys.readouterr().err
-
-
-def test_parse_levels_arg():
-    assert parse_levels_arg("1000,50,500") == (50, 500, 1000)
-    for bad in ("", "50,50", "50,abc", "0,100", "2000"):
-        with pytest.raises(ValueError, match="--levels"):
-            parse_levels_arg(bad)

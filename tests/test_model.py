@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from bfm.data import Layout, Normaliser
+from bfm.contracts.layout import Layout, Normaliser
+from bfm.contracts.sample import ModelInput
 from bfm.model import BFM, ModelConfig, build_config, count_parameters, masked_mse
 from bfm.model import backbone as backbone_module
 from bfm.model.backbone import Swin3DBackbone, attention_mask
 
 LAYOUT = Layout(levels=(500, 850, 1000), species=(11, 22))
-EUROPE = Layout(levels=(50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000),
-                species=(1, 2, 3, 4, 5, 6))
+EUROPE = Layout(
+    levels=(50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000),
+    species=(1, 2, 3, 4, 5, 6),
+)
 
 
 def random_inputs(layout: Layout, b: int, h: int, w: int, seed: int = 0) -> dict:
@@ -46,7 +49,7 @@ def randomise_heads(model: BFM) -> None:
 def test_output_shapes_on_odd_grids(h: int, w: int) -> None:
     model = BFM(build_config("tiny", LAYOUT))
     randomise_heads(model)
-    out = model(random_inputs(LAYOUT, 2, h, w), *coords(h, w, 2))
+    out = model(ModelInput(random_inputs(LAYOUT, 2, h, w), *coords(h, w, 2)))
     assert set(out) == {"surface", "atmospheric", "species"}
     assert out["surface"].shape == (2, 4, h, w)
     assert out["atmospheric"].shape == (2, 5 * 3, h, w)
@@ -58,14 +61,15 @@ def test_one_model_serves_any_grid_and_has_no_grid_sized_parameter() -> None:
     model = BFM(build_config("tiny", LAYOUT))
     n = count_parameters(model)
     for h, w in ((9, 13), (30, 50)):
-        model(random_inputs(LAYOUT, 1, h, w), *coords(h, w))
+        model(ModelInput(random_inputs(LAYOUT, 1, h, w), *coords(h, w)))
     assert count_parameters(model) == n
     assert max(p.numel() for p in model.parameters()) < 50_000
 
 
 def test_preset_parameter_counts() -> None:
-    counts = {p: count_parameters(BFM(build_config(p, EUROPE))) for p in ("tiny", "small",
-                                                                         "medium")}
+    counts = {
+        p: count_parameters(BFM(build_config(p, EUROPE))) for p in ("tiny", "small", "medium")
+    }
     assert 100_000 <= counts["tiny"] < 1_000_000, counts
     assert 17_000_000 <= counts["small"] <= 23_000_000, counts
     assert 42_500_000 <= counts["medium"] <= 57_500_000, counts
@@ -74,7 +78,7 @@ def test_preset_parameter_counts() -> None:
 def test_untrained_model_is_persistence_and_species_climatology() -> None:
     model = BFM(build_config("tiny", LAYOUT))
     x = random_inputs(LAYOUT, 1, 9, 13)
-    out = model(x, *coords(9, 13))
+    out = model(ModelInput(x, *coords(9, 13)))
     assert set(out) == {"surface", "atmospheric", "species"}
     for g in ("surface", "atmospheric"):
         torch.testing.assert_close(out[g], x[g][:, -1], rtol=0, atol=0)
@@ -88,7 +92,7 @@ def test_backward_gives_finite_gradients_everywhere() -> None:
     x = random_inputs(LAYOUT, 2, 9, 13)
     target = {g: torch.randn(2, LAYOUT.n_channels(g), 9, 13) for g in LAYOUT.dynamic}
     mask = {g: torch.rand(t.shape) > 0.2 for g, t in target.items()}
-    loss = masked_mse(model(x, *coords(9, 13, 2)), target, mask, LAYOUT)
+    loss = masked_mse(model(ModelInput(x, *coords(9, 13, 2))), target, mask, LAYOUT)
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
@@ -98,21 +102,24 @@ def test_backward_gives_finite_gradients_everywhere() -> None:
     assert model.backbone.stage2[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
-def test_normalise_denormalise_round_trip_and_known_values() -> None:
-    mean = {g: np.arange(LAYOUT.n_channels(g), dtype=np.float64) * 1000 + 101325.0
-            for g in LAYOUT.groups}
+def test_normaliser_round_trip_known_values_and_the_model_carries_it() -> None:
+    mean = {
+        g: np.arange(LAYOUT.n_channels(g), dtype=np.float64) * 1000 + 101325.0
+        for g in LAYOUT.groups
+    }
     std = {g: np.full(LAYOUT.n_channels(g), 250.0) for g in LAYOUT.groups}
-    model = BFM(build_config("tiny", LAYOUT), Normaliser(mean, std))
-    phys = {"surface": torch.full((1, 2, 4, 3, 3), 101575.0, dtype=torch.float64)}
-    phys["surface"][0, 0, 0, 0, 0] = float("nan")
-    norm = model.normalise(phys)
+    norm = Normaliser(mean, std)
+    phys = np.full((2, 4, 3, 3), 101575.0, dtype=np.float32)
+    phys[0, 0, 0, 0] = np.nan
+    x = norm.normalise("surface", phys)
     expected = (101575.0 - mean["surface"]) / 250.0
-    torch.testing.assert_close(norm["surface"][0, 1, :, 1, 1], torch.from_numpy(expected))
-    assert torch.isnan(norm["surface"][0, 0, 0, 0, 0])
-    back = model.denormalise(norm)["surface"]
-    torch.testing.assert_close(back, phys["surface"], equal_nan=True)
-    numpy_norm = model.normaliser()  # the same numbers, for the data layer
-    np.testing.assert_array_equal(numpy_norm.mean["surface"], mean["surface"])
+    np.testing.assert_allclose(x[1, :, 1, 1], expected, rtol=1e-6)
+    assert np.isnan(x[0, 0, 0, 0]) and x.dtype == np.float32
+    np.testing.assert_allclose(norm.denormalise("surface", x), phys, rtol=1e-7)
+    model = BFM(build_config("tiny", LAYOUT), norm)  # carried as float64 buffers, exactly
+    for g in LAYOUT.groups:
+        np.testing.assert_array_equal(model.normaliser().mean[g], mean[g])
+        np.testing.assert_array_equal(model.normaliser().std[g], std[g])
 
 
 def test_unknown_backbone_names_the_key() -> None:
@@ -133,7 +140,7 @@ def test_bad_input_shape_is_a_clear_error() -> None:
     x = random_inputs(LAYOUT, 1, 9, 13)
     x["atmospheric"] = x["atmospheric"][:, :, :10]
     with pytest.raises(ValueError, match="atmospheric"):
-        model(x, *coords(9, 13))
+        model(ModelInput(x, *coords(9, 13)))
 
 
 def test_window_mask_blocks_padding_and_the_shift_seam() -> None:
@@ -169,7 +176,8 @@ def test_masked_mse_known_answer() -> None:
 
 
 def test_backbone_real_tokens_ignore_whatever_fills_the_padding(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cfg = build_config("tiny", LAYOUT)
     bb = Swin3DBackbone(cfg.with_(backbone_depths=(2, 2, 2)))
     x = torch.randn(1, cfg.latent_levels, 3, 5, cfg.embed_dim)  # padded to 4 x 8 inside

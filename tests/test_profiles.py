@@ -103,7 +103,7 @@ def test_snellius_needs_the_account_and_names_it(site, monkeypatch, capsys):
 def test_genoa_is_an_option_with_its_own_slice(site, monkeypatch, capsys):
     monkeypatch.setenv("BFM_CPU_PARTITION", "genoa")
     args = snellius()
-    assert job_resources(args, "tile_era5")[0]["slurm_partition"] == "genoa"
+    assert job_resources(args, "tile")[0]["slurm_partition"] == "genoa"
     assert job_resources(args, "train")[0]["slurm_partition"] == "gpu_h100"
     assert set(args.group_components.values()) >= {24}
     monkeypatch.setenv("BFM_CPU_PARTITION", "thin")

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from bfm import regrid
-from bfm.grid import EUROPE, Grid
+from bfm.contracts.grid import Grid
 from bfm.sources.era5 import native_grid
+from bfm.testing import EUROPE_GRID as EUROPE
 
 QUARTER = Grid(44.0, 47.0, 0.0, 4.0, 0.25)
 # 0.75 deg cells whose edges fall on 0.25 deg cell edges: every target is a 3 x 3 block.

@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from bfm.grid import EUROPE, Grid
+from bfm.contracts.grid import Grid
 from bfm.provenance import file_sha256
 from bfm.sources import era5, gbif, manifest
 from bfm.sources.climate import T_STRATOSPHERE, Climate, annual_mean_t2m
+from bfm.testing import EUROPE_GRID as EUROPE
 
 SMALL = Grid(46.0, 48.0, 8.0, 10.0, 0.5)
 DEMO = Grid(44.0, 56.0, 0.0, 20.0, 0.5)

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from bfm import cli
-from bfm.stats import Moments, batch_moments, load_stats, merge_all, save_stats
-from tests.conftest import synthetic_batch
+from bfm.contracts.catalogue import DEFAULT_LEVELS
+from bfm.contracts.stats import Moments, batch_moments, load_stats, merge_all, save_stats
+from bfm.testing import SPECIES, mock_batch, random_values
+
+
+def synthetic_batch(grid, t0):
+    return mock_batch(t0, grid, value=random_values(0), levels=DEFAULT_LEVELS)
 
 
 def test_moments_match_numpy_with_nan():
@@ -33,7 +38,9 @@ def test_merge_is_exact_whatever_the_split():
         np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
         np.testing.assert_allclose(merged.std, whole.std, rtol=1e-9)
         np.testing.assert_array_equal(merged.count, whole.count)
+        np.testing.assert_array_equal(merged.nan_count, whole.nan_count)
         np.testing.assert_array_equal(merged.max, whole.max)
+        np.testing.assert_array_equal(merged.min, whole.min)
 
 
 def test_all_nan_channel_has_no_mean_and_unit_std(tmp_path):
@@ -56,11 +63,24 @@ def test_batch_moments_are_per_channel(small_grid):
     batch = synthetic_batch(small_grid, "2010-01-01")
     moments = batch_moments(batch)
     assert moments["atmospheric/t"].count.shape == (13,)
-    assert moments["species/occurrence"].count.shape == (3,)
+    assert moments["species/occurrence"].count.shape == (len(SPECIES),)
     assert moments["surface/t2m"].count[0] == 2 * small_grid.n_lat * small_grid.n_lon
     assert moments["static/lsm"].count[0] == small_grid.n_lat * small_grid.n_lon
     level0 = batch.groups["atmospheric"]["t"][:, 0]
     assert moments["atmospheric/t"].mean[0] == pytest.approx(level0.mean(dtype=np.float64))
+
+
+def test_first_only_counts_the_first_time_and_static_fields_once(small_grid):
+    batch = synthetic_batch(small_grid, "2010-01-01")
+    batch.groups["surface"]["t2m"][1] += 1000.0  # the second time must not be counted
+    first = batch_moments(batch, first_only=True)
+    t2m = batch.groups["surface"]["t2m"][0]
+    assert first["surface/t2m"].count[0] == t2m.size
+    assert first["surface/t2m"].mean[0] == pytest.approx(t2m.mean(dtype=np.float64))
+    assert first["surface/t2m"].max[0] == t2m.max()
+    q = batch.groups["atmospheric"]["q"][0, 3]
+    assert first["atmospheric/q"].mean[3] == pytest.approx(q.mean(dtype=np.float64))
+    assert first["static/z"].count[0] == small_grid.n_lat * small_grid.n_lon
 
 
 def test_cli_partial_and_merge_equal_one_pass(make_batch_file, tmp_path):

@@ -1,5 +1,7 @@
-"""bfm.tiles: the tile contract, the time rule, regridding per variable, and the CLI."""
+"""Tiles: the tile contract, the time rule, the valid-range rule, regridding per variable
+(the sources' to_tile), and the bfm tile / bfm sample command line."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -8,20 +10,35 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 
-from bfm import tiles, timeaxis
 from bfm.cli import main
-from bfm.grid import Grid
+from bfm.contracts import catalogue
+from bfm.contracts import tile as tiles
+from bfm.contracts.grid import Grid
 from bfm.provenance import provenance
-from bfm.sources import era5, gbif
+from bfm.sources import Study, era5, gbif
+from bfm.testing import demo_config
 
 # A 0.25 deg target equals its native grid (identity regridding): the time rule is then
 # visible exactly. The 0.5 deg target exercises real coarsening.
 HALF = Grid(46.0, 47.5, 8.0, 9.5, 0.5)
 QUARTER = era5.native_grid(HALF)  # 45.75..47.75 N, 7.75..9.75 E
 WINDOW = ("2010-01-01", "2010-02-28")
-PROV = provenance({"test": "tiles"})
+PROV = provenance(None, {"test": "tiles"})
 SPECIES_CSV = Path(__file__).resolve().parents[1] / "resources" / "species.csv"
+ERA5, GBIF = era5.ERA5(), gbif.GBIF()
+SOURCES = {"era5": {"mode": "sample", "seed": 5}, "gbif": {"mode": "sample", "seed": 2}}
+
+
+def study(step: str = "1D", grid: Grid = HALF) -> Study:
+    return Study(grid, *WINDOW, step, (250, 500, 850), str(SPECIES_CSV), SOURCES)
+
+
+def era5_tile(
+    raw: xr.Dataset, modality: str, step: str = "1D", grid: Grid = HALF, period: str = "2010-01"
+) -> xr.Dataset:
+    return ERA5.to_tile(raw, catalogue.modality(modality), study(step, grid), period, PROV)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +58,7 @@ def surface(raw_dir):
 
 
 def surface_tile(raw: xr.Dataset, step: str, grid: Grid = QUARTER) -> xr.Dataset:
-    times = timeaxis.steps_in_period("2010-01", *WINDOW, step)
-    return tiles.era5_tile(raw, "surface", grid, times, step, PROV, "2010-01")
+    return era5_tile(raw, "era5_surface", step, grid)
 
 
 def test_time_rule_6h_is_the_native_value(surface):
@@ -95,7 +111,9 @@ def test_tile_that_the_source_does_not_cover_is_refused(surface):
 
 
 def test_written_tile_is_cf_and_passes_open_tile(tmp_path, surface):
-    path = tiles.tile_path(tmp_path / "tiles", "era5_surface", "2010-01")
+    from bfm.paths import tile_path
+
+    path = tile_path(tmp_path / "tiles", "era5_surface", "2010-01")
     assert path.parts[-2:] == ("era5_surface", "2010-01.nc")
     tiles.write_tile(surface_tile(surface, "1D", HALF), path)
     assert not list(path.parent.glob(".*tmp*"))  # atomic write leaves no temp file
@@ -122,8 +140,7 @@ def test_written_tile_is_cf_and_passes_open_tile(tmp_path, surface):
 
 def test_atmospheric_tile(raw_dir, tmp_path):
     raw = era5.open(raw_dir / "atmospheric.nc", "atmospheric")
-    times = timeaxis.steps_in_period("2010-01", *WINDOW, "1D")
-    tile = tiles.era5_tile(raw, "atmospheric", HALF, times, "1D", PROV, "2010-01")
+    tile = era5_tile(raw, "era5_atmospheric")
     assert tile["t"].dims == ("time", "level", "latitude", "longitude")
     assert tile["level"].values.tolist() == [250, 500, 850]
     assert (np.diff(tile["t"].values, axis=1) > 0).all()  # warmer at higher pressure
@@ -134,7 +151,7 @@ def test_atmospheric_tile(raw_dir, tmp_path):
 
 def test_static_tile(raw_dir):
     raw = era5.open(raw_dir / "static.nc", "static")
-    tile = tiles.era5_static_tile(raw, HALF, PROV)
+    tile = era5_tile(raw, "era5_static", period="static")
     assert set(tile.data_vars) == {"z", "lsm", "slt"}
     assert tile["lsm"].dims == ("latitude", "longitude")
     lsm, slt = tile["lsm"].values, tile["slt"].values
@@ -147,25 +164,23 @@ def test_static_tile(raw_dir):
     assert "time" not in tile.dims and "no time" in tile.attrs["time_rule"]
 
 
-def occurrences(rows: list[tuple], source: str = "occ/0000009-240101000000.csv") -> pd.DataFrame:
-    df = pd.DataFrame(
-        rows,
-        columns=[
-            "speciesKey",
-            "decimalLatitude",
-            "decimalLongitude",
-            "eventDate",
-            "occurrenceStatus",
-        ],
-    )
-    df["speciesKey"] = df["speciesKey"].astype("Int64")
-    df["eventDate"] = gbif.parse_event_dates(df["eventDate"])
-    df.attrs["source"] = source
-    return df
+def occurrences(rows: list[tuple], tmp_path: Path) -> xr.Dataset:
+    """The native (opened) form of a SIMPLE_CSV file holding ``rows``."""
+    table = pd.DataFrame({c: [""] * len(rows) for c in gbif.SIMPLE_CSV_COLUMNS})
+    for i, name in enumerate(
+        ("speciesKey", "decimalLatitude", "decimalLongitude", "eventDate", "occurrenceStatus")
+    ):
+        table[name] = [str(r[i]) for r in rows]
+    path = tmp_path / "0000009-240101000000.csv"
+    table.to_csv(path, sep="\t", index=False)
+    return GBIF.open([path], catalogue.modality("species_occurrence"), study())
 
 
-def test_species_tile_time_rule_and_dropped_records():
-    species = gbif.read_species(SPECIES_CSV)
+def species_tile(native: xr.Dataset, step: str, period: str = "2010-01") -> xr.Dataset:
+    return GBIF.to_tile(native, catalogue.modality("species_occurrence"), study(step), period, PROV)
+
+
+def test_species_tile_time_rule_and_dropped_records(tmp_path):
     fox, wolf = 5219243, 5219173
     df = occurrences(
         [
@@ -178,10 +193,10 @@ def test_species_tile_time_rule_and_dropped_records():
             (12345, 47.0, 9.0, "2010-01-05", "PRESENT"),  # not a listed species
             (fox, 47.0, 9.0, "2010-01-05", "ABSENT"),
             (fox, 47.0, 9.0, "garbage", "PRESENT"),
-        ]
+        ],
+        tmp_path,
     )
-    times = timeaxis.steps_in_period("2010-01", *WINDOW, "6h")
-    tile = tiles.species_tile(df, species, HALF, times, "6h", PROV, "2010-01")
+    tile = species_tile(df, "6h")
     occ = tile["occurrence"]
     assert occ.dims == ("time", "species", "latitude", "longitude") and occ.dtype == np.float32
     assert tile["species"].dtype == np.int64
@@ -192,19 +207,16 @@ def test_species_tile_time_rule_and_dropped_records():
     assert fox_cell.sel(time="2010-01-05T06:00").item() == 1
     assert occ.sel(species=wolf).sum().item() == 1
     assert occ.sum().item() == 4
-    daily = tiles.species_tile(
-        df, species, HALF, timeaxis.steps_in_period("2010-01", *WINDOW, "1D"), "1D", PROV, "2010-01"
-    )
+    daily = species_tile(df, "1D")
     assert daily["occurrence"].sel(time="2010-01-05", species=fox).sum().item() == 3
 
 
 def test_species_counts_are_conserved_over_the_window(raw_dir, tmp_path):
-    species = gbif.read_species(SPECIES_CSV)
     records = gbif.open(raw_dir / "occ.zip")
+    native = GBIF.open([raw_dir / "occ.zip"], catalogue.modality("species_occurrence"), study())
     total = 0.0
     for period in ("2010-01", "2010-02"):
-        times = timeaxis.steps_in_period(period, *WINDOW, "1D")
-        tile = tiles.species_tile(records, species, HALF, times, "1D", PROV, period)
+        tile = species_tile(native, "1D", period)
         path = tiles.write_tile(tile, tmp_path / f"{period}.nc")
         with tiles.open_tile(path, "species_occurrence") as ds:
             total += float(ds["occurrence"].sum())
@@ -235,9 +247,66 @@ def test_open_tile_errors_name_the_file_and_the_field(tmp_path, surface):
         tiles.open_tile(tmp_path / "absent.nc", "era5_surface")
 
 
+# --- the valid-range rule and the time rule on bad native data -----------------------------
+def test_a_few_undeclared_fill_values_are_masked_and_counted(surface, tmp_path):
+    bad = surface.copy(deep=True)
+    bad["t2m"].values[3, 2, 4] = 1e20  # ERA5's fill value, not declared as missing
+    bad["t2m"].values[5, 0, 0] = -1e20
+    tile = surface_tile(bad, "6h")
+    assert tile["t2m"].attrs["n_out_of_range"] == 2
+    assert np.isnan(tile["t2m"].values[3, 2, 4]) and np.isnan(tile["t2m"].values[5, 0, 0])
+    assert np.nanmax(tile["t2m"].values) < 350
+    path = tiles.write_tile(tile, tmp_path / "t.nc")
+    report = json.loads(tiles.qc_path(path).read_text())
+    assert report["variables"]["t2m"] == {"n_out_of_range": 2, "n_incomplete": 0}
+    assert report["variables"]["msl"] == {"n_out_of_range": 0, "n_incomplete": 0}
+
+
+def test_many_out_of_range_values_refuse_the_file(surface):
+    celsius = surface.copy(deep=True)
+    celsius["t2m"] = celsius["t2m"] - 273.15  # a wrong unit: most values below 150 K
+    celsius.encoding["source"] = "raw/surface-2010-01.nc"
+    with pytest.raises(
+        ValueError,
+        match=r"raw/surface-2010-01\.nc: variable 't2m': \d+ of "
+        r"\d+ values lie outside its valid range \[150\.0, 350\.0\] \(e\.g\. ",
+    ):
+        surface_tile(celsius, "1D")
+
+
+def test_a_partly_missing_day_is_missing_not_averaged(surface):
+    gappy = surface.copy(deep=True)
+    gappy["msl"].values[17, 1, 2] = np.nan  # 2010-01-05T06 at one cell
+    tile = surface_tile(gappy, "1D")  # identity grid: tile cell = native cell
+    assert np.isnan(tile["msl"].values[4, 1, 2])
+    assert np.isfinite(tile["msl"].values[4]).sum() == tile["msl"].values[4].size - 1
+    assert np.isfinite(tile["msl"].values[[3, 5]]).all()
+    assert tile["msl"].attrs["n_incomplete"] == 1
+    coarse = surface_tile(gappy, "1D", HALF)  # a 0.5 deg cell: the mean of the complete ones
+    assert np.isfinite(coarse["msl"].values).all() and coarse["msl"].attrs["n_incomplete"] == 1
+
+
+def test_write_refuses_a_value_outside_the_range(surface, tmp_path):
+    tile = surface_tile(surface, "1D", HALF)
+    tile["u10"].values[0, 0, 0] = 500.0
+    with pytest.raises(ValueError, match=r"t\.nc: variable 'u10' holds 1 value\(s\) outside"):
+        tiles.write_tile(tile, tmp_path / "t.nc")
+    assert not (tmp_path / "t.nc").exists()
+
+
 # --- command line --------------------------------------------------------------------------
-GRID = "--grid 46,47.5,8,9.5,0.5"
-WINDOW_ARGS = f"--start {WINDOW[0]} --end {WINDOW[1]} --step 1D"
+def config_file(tmp_path: Path, **changes) -> Path:
+    cfg = demo_config(
+        grid=HALF.to_dict(),
+        species=str(SPECIES_CSV),
+        levels=[500, 850],
+        sources={"era5": {"mode": "sample", "seed": 3}, "gbif": {"mode": "sample", "seed": 4}},
+        **changes,
+    )
+    cfg["time"].update(start="2010-01-01", end="2010-02-28", step="1D", eval_start="2010-02-18")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def run(command: str) -> int:
@@ -245,81 +314,98 @@ def run(command: str) -> int:
 
 
 def test_cli_sample_and_tile_end_to_end(tmp_path):
-    raw, out = tmp_path / "raw", tmp_path / "tiles"
-    sample = f"sample era5 {GRID} --seed 3"
-    assert run(f"{sample} --group surface --period 2010-02 --out {raw}/surface.nc") == 0
-    assert (raw / "surface.nc.manifest.json").exists()
-    assert (
-        run(f"{sample} --group atmospheric --period 2010-02 --levels 500,850 --out {raw}/atm.nc")
-        == 0
-    )
-    assert run(f"{sample} --group static --out {raw}/static.nc") == 0
-    assert (
-        run(
-            f"sample gbif --species {SPECIES_CSV} --start 2010-02-01 --end 2010-02-28 "
-            f"{GRID} --seed 4 --climate-seed 3 --out {raw}/occ.zip"
-        )
-        == 0
-    )
-    for group, name in (("surface", "surface.nc"), ("atmospheric", "atm.nc")):
+    raw, out, cfg = tmp_path / "raw", tmp_path / "tiles", config_file(tmp_path)
+    for name in ("surface/2010-02.nc", "atmospheric/2010-02.nc", "static/static.nc"):
+        assert run(f"sample era5 {name} --config {cfg} --out {raw}/era5/{name}") == 0
+    assert (raw / "era5/surface/2010-02.nc.manifest.json").exists()
+    assert run(f"sample gbif occurrences.zip --config {cfg} --out {raw}/gbif/occ.zip") == 0
+    inputs = {
+        "era5_surface": "era5/surface/2010-02.nc",
+        "era5_static": "era5/static/static.nc",
+        "era5_atmospheric": "era5/atmospheric/2010-02.nc",
+        "species_occurrence": "gbif/occ.zip",
+    }
+    for modality, name in inputs.items():
+        period = "2010-02" if catalogue.modality(modality).periodic else "static"
         assert (
             run(
-                f"tile era5 --group {group} --input {raw}/{name} --period 2010-02 {GRID} "
-                f"{WINDOW_ARGS} --out {out}/era5_{group}/2010-02.nc"
+                f"tile {modality} --period {period} --input {raw}/{name} --config {cfg} "
+                f"--out {out}/{modality}/{period}.nc"
             )
             == 0
         )
-    assert (
-        run(f"tile era5-static --input {raw}/static.nc {GRID} --out {out}/era5_static/static.nc")
-        == 0
-    )
-    assert (
-        run(
-            f"tile species --input {raw}/occ.zip --species {SPECIES_CSV} --period 2010-02 "
-            f"{GRID} {WINDOW_ARGS} --out {out}/species_occurrence/2010-02.nc"
-        )
-        == 0
-    )
-    for modality in tiles.MODALITIES:
-        period = "static" if modality == "era5_static" else "2010-02"
         with tiles.open_tile(out / modality / f"{period}.nc", modality) as ds:
             assert ds.attrs["modality"] == modality
+            assert len(ds.attrs["settings_hash"]) == 64
             if "time" in ds.dims:
                 assert ds.sizes["time"] == 28
+            if "level" in ds.dims:
+                assert ds["level"].values.tolist() == [500, 850]
+        assert tiles.qc_path(out / modality / f"{period}.nc").is_file()
 
 
 def test_cli_bad_input_is_one_clean_error(tmp_path, caplog):
     caplog.set_level(logging.ERROR)
-    tile = f"tile era5 --group surface --input {tmp_path}/nope.nc {GRID} {WINDOW_ARGS}"
-    assert run(f"{tile} --period 2010-01 --out {tmp_path}/t.nc") == 1
+    cfg = config_file(tmp_path)
+    raw = tmp_path / "surface.nc"
+    assert run(f"sample era5 surface/2010-01.nc --config {cfg} --out {raw}") == 0
+    tile = f"tile era5_surface --input {raw} --config {cfg} --out {tmp_path}/t.nc"
+    assert (
+        run(
+            f"tile era5_surface --input {tmp_path}/nope.nc --config {cfg} --period 2010-01 "
+            f"--out {tmp_path}/t.nc"
+        )
+        == 1
+    )
     assert "nope.nc" in caplog.text
-    assert run(f"{tile} --period 2010-13 --out {tmp_path}/t.nc") == 1
-    assert run(f"sample era5 --group surface {GRID} --out {tmp_path}/x.nc") == 1
-    assert "--period" in caplog.text
-    assert run(f"sample era5 --group static --period 2010-01 {GRID} --out {tmp_path}/x.nc") == 1
+    caplog.clear()
+    assert run(f"{tile} --period 2010-13") == 1  # the input exists: the period is refused
+    assert "period '2010-13' is not of the form YYYY-MM" in caplog.text
+    caplog.clear()
+    assert run(f"{tile}") == 1
+    assert "--period: modality 'era5_surface' has one tile per month" in caplog.text
+    caplog.clear()
+    assert (
+        run(f"tile era5_static --period 2010-01 --input {raw} --config {cfg} --out {tmp_path}/s.nc")
+        == 1
+    )
+    assert "is static; its one tile has period 'static'" in caplog.text
+    caplog.clear()
+    assert run(f"sample era5 surface/2010.nc --config {cfg} --out {tmp_path}/x.nc") == 1
+    assert "is not <surface|atmospheric>/YYYY-MM.nc" in caplog.text
+    caplog.clear()
+    assert run(f"download era5 surface/2010-01.nc --config {cfg} --out {tmp_path}/x.nc") == 1
+    assert "mode 'download' is not offered yet" in caplog.text
+    assert not (tmp_path / "t.nc").exists() and not (tmp_path / "x.nc").exists()
 
 
-def test_cli_rejects_a_bad_grid(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["tile", "era5-static", "--input", "x.nc", "--grid", "46,47,8", "--out", "y.nc"])
-    assert exit_info.value.code == 2
-    assert "--grid" in capsys.readouterr().err
+def test_cli_names_unknown_modalities_and_sources(tmp_path, caplog):
+    caplog.set_level(logging.ERROR)
+    cfg = config_file(tmp_path)
+    assert run(f"tile ndvi --period 2010-01 --input x.nc --config {cfg} --out y.nc") == 1
+    assert "unknown modality 'ndvi' (known: ['era5_surface'" in caplog.text
+    assert run(f"sample xeno_canto a.json --config {cfg} --out y.json") == 1
+    assert "unknown source 'xeno_canto'" in caplog.text
 
 
-def test_every_cli_flag_has_help():
+def test_help_is_plain_text_and_every_flag_has_help():
     import argparse
 
-    from bfm.cli import build_parser
+    from bfm.cli import COMMANDS, build_parser
 
-    def walk(parser: argparse.ArgumentParser):
+    def walk(parser: argparse.ArgumentParser, path: str):
+        text = parser.format_help()
+        assert "``" not in text and ":func:" not in text and "DESIGN.md" not in text, path
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
-                    if name in ("sample", "tile", "era5", "era5-static", "species", "gbif"):
-                        yield from walk(sub)
+                    yield from walk(sub, f"{path} {name}")
             elif action.option_strings and action.dest != "help":
-                yield action
+                yield path, action
 
-    actions = list(walk(build_parser()))
-    assert len(actions) > 20
-    assert all(action.help for action in actions)
+    parser = build_parser()
+    actions = list(walk(parser, "bfm"))
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == set(COMMANDS)
+    assert len(actions) > 30
+    assert all(a.help for _, a in actions), [(p, a.dest) for p, a in actions if not a.help]

@@ -17,20 +17,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _model_fixtures import write_sequence, write_stats
-from torch.utils.data import default_collate
 
-from bfm import checkpoint
 from bfm.cli import main
-from bfm.data import BatchPairs, Normaliser
-from bfm.distributed import find_free_port
+from bfm.contracts.layout import Normaliser
+from bfm.contracts.sample import Sample
+from bfm.contracts.stats import load_stats
 from bfm.provenance import file_sha256
-from bfm.stats import load_stats
-from bfm.train import lr_at, sample_indices
+from bfm.testing import write_sequence, write_stats
+from bfm.training import checkpoint
+from bfm.training.data import BatchPairs
+from bfm.training.distributed import find_free_port
+from bfm.training.engine import lr_at, sample_indices
 
-META_KEYS = {"config", "stats_path", "stats_sha256", "bfm_version", "git_commit", "config_hash",
-             "model", "parameters", "deepspeed", "world_size", "steps_done", "final_loss",
-             "batches", "created_at"}
+META_KEYS = {
+    "config",
+    "stats_path",
+    "stats_sha256",
+    "bfm_version",
+    "git_commit",
+    "config_hash",
+    "model",
+    "parameters",
+    "deepspeed",
+    "world_size",
+    "steps_done",
+    "final_loss",
+    "batches",
+    "created_at",
+}
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -42,28 +56,63 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     configs = {}
     for name, stage, bf16 in (("zero1", 1, False), ("zero2", 2, False), ("zero2_bf16", 2, True)):
         configs[name] = root / f"{name}.json"
-        configs[name].write_text(json.dumps({
-            "train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0, "zero_optimization": {"stage": stage},
-            "bf16": {"enabled": bf16}, "steps_per_print": 10**6}))
+        configs[name].write_text(
+            json.dumps(
+                {
+                    "train_micro_batch_size_per_gpu": 1,
+                    "gradient_accumulation_steps": 1,
+                    "gradient_clipping": 1.0,
+                    "zero_optimization": {"stage": stage},
+                    "bf16": {"enabled": bf16},
+                    "steps_per_print": 10**6,
+                }
+            )
+        )
     return {"root": root, "paths": paths, "stats": stats, "configs": configs}
 
 
 def env() -> dict[str, str]:
     """A clean launch environment with its own port (no inherited ranks)."""
-    e = {k: v for k, v in os.environ.items()
-         if k not in LAUNCH_VARS and not k.startswith(("SLURM_", "OMPI_", "PMI_"))}
-    e.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
-             MASTER_PORT=str(find_free_port()))
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in LAUNCH_VARS and not k.startswith(("SLURM_", "OMPI_", "PMI_"))
+    }
+    e.update(
+        DS_ACCELERATOR="cpu",
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(find_free_port()),
+    )
     return e
 
 
-def train_args(data: dict, out: Path, steps: int, config: str = "zero1",
-               every: int = 10) -> list[str]:
-    return ["train", "--batches", *map(str, data["paths"]), "--stats", str(data["stats"]),
-            "--deepspeed", str(data["configs"][config]), "--preset", "tiny",
-            "--steps", str(steps), "--lr", "0.01", "--warmup-steps", "3",
-            "--checkpoint-every", str(every), "--seed", "0", "--out", str(out)]
+def train_args(
+    data: dict, out: Path, steps: int, config: str = "zero1", every: int = 10
+) -> list[str]:
+    return [
+        "train",
+        "--batches",
+        *map(str, data["paths"]),
+        "--stats",
+        str(data["stats"]),
+        "--deepspeed",
+        str(data["configs"][config]),
+        "--preset",
+        "tiny",
+        "--steps",
+        str(steps),
+        "--lr",
+        "0.01",
+        "--warmup-steps",
+        "3",
+        "--checkpoint-every",
+        str(every),
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+    ]
 
 
 def bfm(args: list[str]) -> subprocess.CompletedProcess:
@@ -99,8 +148,7 @@ def test_train_checkpoints_resumes_and_is_idempotent(data: dict, tmp_path: Path)
     assert last < 0.3 * first, (first, last)
     m = meta(run)
     assert META_KEYS <= set(m)
-    assert (m["stats_path"], m["stats_sha256"]) == (str(data["stats"]),
-                                                    file_sha256(data["stats"]))
+    assert (m["stats_path"], m["stats_sha256"]) == (str(data["stats"]), file_sha256(data["stats"]))
     assert m["config"]["preset"] == "tiny" and m["config"]["steps"] == 30  # the CLI arguments
     assert m["model"]["preset"] == "tiny" and m["model"]["config"]["layout"]["levels"]
     assert (m["deepspeed"]["zero_stage"], m["deepspeed"]["precision"]) == (1, "fp32")
@@ -121,7 +169,11 @@ def test_train_checkpoints_resumes_and_is_idempotent(data: dict, tmp_path: Path)
     assert res.returncode == 0 and "nothing to do" in res.stderr
     assert len(metrics(run)) == 35 and (run / "meta.json").stat().st_mtime_ns > before
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
-        "step_000010", "step_000020", "step_000030", "step_000035"]
+        "step_000010",
+        "step_000020",
+        "step_000030",
+        "step_000035",
+    ]
 
 
 @pytest.mark.slow
@@ -138,6 +190,10 @@ def test_signal_saves_a_checkpoint_and_exits(data: dict, tmp_path: Path, sig: in
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "training did not start"
             time.sleep(0.2)
+        if sig == signal.SIGTERM:  # meanwhile, a second run on the same directory is refused
+            second = bfm(train_args(data, run, 10))
+            assert second.returncode == 1, second.stderr[-3000:]
+            assert "another bfm train is running in this run directory (pid" in second.stderr
         proc.send_signal(sig)
         rc = proc.wait(timeout=120)
     finally:
@@ -157,19 +213,39 @@ def test_signal_saves_a_checkpoint_and_exits(data: dict, tmp_path: Path, sig: in
     assert (meta(run)["steps_done"], meta(run)["complete"]) == (done + 2, True)
 
 
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(data: dict, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = bfm(train_args(data, run, 20))
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = metrics(run)
+    shards = list((run / "checkpoints" / "step_000020").glob("*optim_states.pt"))
+    assert shards
+    for shard in shards:  # damaged, not truncated: same size, other bytes
+        shard.write_bytes(bytes(len(shard.read_bytes())))
+    res = bfm(train_args(data, run, 22))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "skipping checkpoint" in res.stderr and "step_000020" in res.stderr
+    after = metrics(run)
+    assert [r["step"] for r in after] == list(range(1, 23))
+    assert after[:10] == before[:10]  # resumed from step 10, redid 11..20
+    assert meta(run)["steps_done"] == 22
+
+
 LOAD_SCRIPT = textwrap.dedent("""
     import sys, torch
-    from torch.utils.data import default_collate
     from bfm.cli import build_parser
-    from bfm.data import BatchPairs
-    from bfm.train import train
+    from bfm.contracts.sample import Sample
+    from bfm.training.config import TrainConfig
+    from bfm.training.data import BatchPairs
+    from bfm.training.loop import train
 
-    args = build_parser().parse_args(sys.argv[2:])
-    module = train(args).engine.module.eval()
-    data = BatchPairs(args.batches, module.normaliser(), layout=module.config.layout)
-    s = default_collate([data[0]])
+    cfg = TrainConfig.from_args(build_parser().parse_args(sys.argv[2:]))
+    module = train(cfg).engine.module.eval()
+    data = BatchPairs(list(cfg.batches), module.normaliser(), layout=module.config.layout)
+    s = Sample.collate([data[0]])
     with torch.no_grad():
-        out = module(s["inputs"], s["lat"], s["lon"], s["time"])
+        out = module(s.input)
     torch.save(out, sys.argv[1])
 """)
 
@@ -185,31 +261,47 @@ def test_load_model_reproduces_the_training_weights(data: dict, tmp_path: Path) 
     model, m = checkpoint.load_model(run)
     assert checkpoint.find_latest(run).name == "step_000004" and m["steps_done"] == 4
     data_ = BatchPairs(data["paths"], model.normaliser(), layout=model.config.layout)
-    s = default_collate([data_[0]])
+    s = Sample.collate([data_[0]])
     with torch.no_grad():
-        got = model(s["inputs"], s["lat"], s["lon"], s["time"])
+        got = model(s.input)
     assert set(got) == set(expected)
     for g in got:
         torch.testing.assert_close(got[g], expected[g], rtol=0, atol=1e-5)
-        assert not torch.equal(got[g], s["inputs"][g][:, -1])  # trained: not persistence
+        assert not torch.equal(got[g], s.input.inputs[g][:, -1])  # trained: not persistence
 
 
 @pytest.mark.slow
 def test_two_ranks_zero2_bf16_write_one_meta(data: dict, tmp_path: Path) -> None:
     run = tmp_path / "run"
     e = env()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", e["MASTER_PORT"], "-m", "bfm.cli",
-           *train_args(data, run, 6, "zero2_bf16", every=3)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        e["MASTER_PORT"],
+        "-m",
+        "bfm.cli",
+        *train_args(data, run, 6, "zero2_bf16", every=3),
+    ]
     res = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     # Rank 0 alone writes: the live meta.json and the published one, nothing per rank.
     assert sorted(p.relative_to(run) for p in run.rglob("meta.json")) == [
-        Path("checkpoints/meta.json"), Path("meta.json")]
+        Path("checkpoints/meta.json"),
+        Path("meta.json"),
+    ]
     assert [r["step"] for r in metrics(run)] == list(range(1, 7))
     m = meta(run)
     assert (m["world_size"], m["deepspeed"]["zero_stage"], m["deepspeed"]["precision"]) == (
-        2, 2, "bf16")
+        2,
+        2,
+        "bf16",
+    )
     shards = sorted(p.name for p in (run / "checkpoints" / "step_000006").glob("*optim*"))
     assert len(shards) == 2 and all("zero_pp_rank_" in s for s in shards)
     # The reloaded model carries the statistics exactly (float64 buffers survive bf16).
@@ -220,8 +312,9 @@ def test_two_ranks_zero2_bf16_write_one_meta(data: dict, tmp_path: Path) -> None
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_config_optimizer_is_refused(data: dict, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_optimizer_is_refused(
+    data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     bad = tmp_path / "ds.json"
     bad.write_text(json.dumps({"optimizer": {"type": "AdamW"}}))

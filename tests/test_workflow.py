@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bfm.contracts import catalogue
 from bfm.workflow import Plan
 from tests.conftest import ROOT, demo_workdir, snakemake_cmd
 
@@ -30,9 +31,16 @@ def test_plan_splits_and_periods():
     assert plan.periods == ["2010-01", "2010-02"]
     # A batch that crosses a month boundary reads the tiles of both months, and only those.
     assert plan.batch_periods("20100131T00") == ["2010-01", "2010-02"]
-    assert plan.batch_tiles("20100115T00")["era5_surface"] == [
-        "results/tiles/era5_surface/2010-01.nc"
+    assert plan.batch_tiles("20100115T00") == {
+        "era5_surface": ["results/tiles/era5_surface/2010-01.nc"],
+        "era5_static": ["results/tiles/era5_static/static.nc"],
+        "era5_atmospheric": ["results/tiles/era5_atmospheric/2010-01.nc"],
+        "species_occurrence": ["results/tiles/species_occurrence/2010-01.nc"],
+    }
+    assert plan.train_batches_in("2010-02") == [
+        f"results/batches/201002{d:02d}T00.h5" for d in range(1, 18)
     ]
+    assert plan.train_periods() == ["2010-01", "2010-02"]
 
 
 def test_plan_monthly_and_six_hourly_steps():
@@ -46,8 +54,11 @@ def test_plan_monthly_and_six_hourly_steps():
 def test_file_mode_points_at_the_users_files():
     cfg = yaml.safe_load((ROOT / "config/europe.yaml").read_text())
     plan = Plan(cfg)
-    assert plan.raw_era5("surface", "2000-01") == "resources/era5/surface/2000-01.nc"
-    assert plan.raw_gbif() == "resources/gbif/occurrences.zip"
+    surface, species = (catalogue.modality(m) for m in ("era5_surface", "species_occurrence"))
+    assert plan.raw_files(surface, "2000-01") == ["resources/era5/surface/2000-01.nc"]
+    assert plan.raw_files(species, "2000-01") == ["resources/gbif/occurrences.zip"]
+    demo = demo_plan()
+    assert demo.raw_files(surface, "2010-01") == ["results/raw/era5/surface/2010-01.nc"]
 
 
 @pytest.fixture
@@ -66,23 +77,14 @@ def test_targeted_batch_builds_exactly_its_inputs(workdir):
     assert out.returncode == 0, out.stderr
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, re.M))
     # Two months of tiles (the batch crosses into February), one batch, nothing else.
-    assert jobs == {
-        "sample_era5": "4",
-        "sample_era5_static": "1",
-        "sample_gbif": "1",
-        "tile_era5": "4",
-        "tile_era5_static": "1",
-        "tile_species": "2",
-        "batch": "1",
-        "total": "14",
-    }, out.stdout
+    assert jobs == {"sample": "6", "tile": "7", "batch": "1", "total": "14"}, out.stdout
 
 
 def test_targeted_batch_inside_one_month(workdir):
     out = dry_run(workdir, "results/batches/20100110T00.h5")
     assert out.returncode == 0, out.stderr
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, re.M))
-    assert jobs["batch"] == "1" and jobs["tile_era5"] == "2" and jobs["total"] == "9"
+    assert jobs == {"sample": "4", "tile": "4", "batch": "1", "total": "9"}, out.stdout
 
 
 def test_broken_config_stops_before_any_job(workdir):
@@ -99,3 +101,66 @@ def test_broken_config_stops_before_any_job(workdir):
     assert "key 'time.step' breaks the schema rule 'enum'" in out.stderr
     assert "no job was run" in out.stderr
     assert not (workdir / "results").exists()
+
+
+def test_a_configfile_replaces_the_demo_config(workdir):
+    """`--configfile` is the study's config alone: no demo key leaks into it."""
+    cfg = yaml.safe_load((workdir / "config/config.yaml").read_text())
+    cfg["sources"] = {
+        "era5": {"mode": "file", "path": "mine/era5"},
+        "gbif": {"mode": "file", "path": "mine/occ.zip"},
+    }
+    cfg["run"] = "mine"
+    (workdir / "study.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(
+        [*snakemake_cmd(workdir), "-n", "--configfile", str(workdir / "study.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    written = list((workdir / "results/config").glob("*.yaml"))
+    assert len(written) == 1, out.stderr
+    resolved = yaml.safe_load(written[0].read_text())
+    assert resolved == Plan(cfg).config
+    assert resolved["sources"]["era5"] == {"mode": "file", "path": "mine/era5", "seed": 0}
+    assert written[0].stem == Plan(cfg).hash
+
+
+def _jobs(workdir: Path, target: str) -> dict[str, str]:
+    out = dry_run(workdir, target)
+    assert out.returncode == 0, out.stderr
+    return dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, re.M))
+
+
+@pytest.mark.slow
+def test_a_config_change_reruns_what_it_affects_and_nothing_else(workdir):
+    target = "results/batches/20100110T00.h5"
+    run = subprocess.run(
+        [*snakemake_cmd(workdir), "-c2", target], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _jobs(workdir, target) == {}  # nothing to do
+    path = workdir / "config/config.yaml"
+    demo = yaml.safe_load(path.read_text())
+
+    def edit(change) -> None:
+        cfg = yaml.safe_load(yaml.safe_dump(demo))
+        change(cfg)
+        path.write_text(yaml.safe_dump(cfg))
+
+    edit(lambda c: c["train"].update(lr=0.01))  # training only: no data job reruns
+    assert _jobs(workdir, target) == {}
+    edit(lambda c: c["sources"]["gbif"].update(seed=8))  # one source: its raw file and tile
+    assert _jobs(workdir, target) == {"sample": "1", "tile": "1", "batch": "1", "total": "3"}
+    edit(lambda c: c["sources"]["era5"].update(seed=1))  # era5 and gbif (its climate seed)
+    assert _jobs(workdir, target) == {"sample": "4", "tile": "4", "batch": "1", "total": "9"}
+    # The user's files in file mode: missing ones stop the run before any job, naming them.
+    edit(lambda c: c["sources"].update(era5={"mode": "file", "path": "nowhere/era5"}))
+    out = dry_run(workdir, target)
+    assert out.returncode != 0
+    log = out.stdout + out.stderr
+    assert (
+        "results/tiles/era5_surface/2010-01.nc exists but its input "
+        "nowhere/era5/surface/2010-01.nc (file mode) does not"
+    ) in log
+    assert "no job was run" in log

@@ -1,7 +1,8 @@
-"""The ``bfm`` command line: one subcommand per pipeline step.
+"""The bfm command line: one subcommand per pipeline step.
 
-Each step module provides ``register(subparsers)``, which adds its subcommand(s) with
-``set_defaults(func=...)``; ``func(args)`` returns an exit code.
+Each step's module provides a register function (``register`` unless COMMANDS names another)
+that adds its subcommand with ``set_defaults(func=...)``; ``func(args)`` returns an exit
+code. See docs/architecture.md for the pipeline and its layers.
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ import sys
 
 from bfm import __version__
 
-# Subcommand -> (module that registers it, one-line help). Only the module of the command
+# Subcommand -> ("module[:register function]", one-line help). Only the module of the command
 # being run is imported, so `bfm batch` does not pay for importing torch and deepspeed.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample": ("bfm.sources.commands", "write deterministic sample source files"),
-    "tile": ("bfm.tiles", "regrid source files into CF NetCDF tiles"),
-    "batch": ("bfm.batches", "assemble one bfm-batch/1 HDF5 file from tiles"),
-    "stats": ("bfm.stats_cli", "normalisation statistics over training batches"),
-    "train": ("bfm.train", "pre-train the BFM with DeepSpeed"),
-    "evaluate": ("bfm.evaluate", "score a trained model on held-out batches"),
+    "sample": ("bfm.pipeline.raw:register_sample", "write a synthetic raw file of a source"),
+    "download": ("bfm.pipeline.raw:register_download", "download a raw file of a source"),
+    "tile": ("bfm.pipeline.tiles", "regrid raw source files into a CF NetCDF tile"),
+    "batch": ("bfm.pipeline.batches", "assemble one bfm-batch/1 HDF5 file from tiles"),
+    "stats": ("bfm.pipeline.stats", "normalisation statistics over training batches"),
+    "train": ("bfm.training.loop", "pre-train the BFM with DeepSpeed"),
+    "evaluate": ("bfm.evaluation.evaluate", "score a trained model on held-out batches"),
     "report": ("bfm.report", "figures and tables for the Snakemake report"),
 }
+
+
+def command_module(name: str) -> str:
+    """The module that registers subcommand ``name``."""
+    return COMMANDS[name][0].partition(":")[0]
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -37,9 +44,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bfm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(title="steps", metavar="STEP")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (target, help_text) in COMMANDS.items():
         if command is None or name == command:
-            importlib.import_module(module).register(sub)
+            module, _, function = target.partition(":")
+            getattr(importlib.import_module(module), function or "register")(sub)
         else:
             sub.add_parser(name, help=help_text)
     return parser

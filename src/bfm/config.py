@@ -1,8 +1,10 @@
 """Load and validate the workflow config against workflow/schemas/config.schema.yaml.
 
-The same check runs in ``workflow/rules/common.smk`` (before any job) and in ``bfm`` commands
-that take a config, so a broken config stops early with one message naming the key and the
-rule it breaks.
+The same check runs in ``workflow/rules/common.smk`` (before any job) and in every ``bfm``
+command given ``--config``, so a broken config stops early with one message naming the key
+and the rule it breaks. The schema file fixes the keys; the list of sources (``sources.*``)
+and the default pressure levels come from the catalogue and the source registry, after the
+config's ``plugins`` are loaded.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import jsonschema
 import pandas as pd
 import yaml
 
-from bfm.grid import Grid
-from bfm.timeaxis import batch_starts
+from bfm import plugins
+from bfm.contracts.catalogue import DEFAULT_LEVELS
+from bfm.contracts.grid import Grid
+from bfm.contracts.timeaxis import batch_starts
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -42,14 +46,35 @@ def _fill_defaults(schema: dict[str, Any], node: Any, root: dict[str, Any]) -> N
 
 
 def load_schema() -> dict[str, Any]:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The schema file, with the registered sources and the default levels filled in."""
+    from bfm import sources
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    props = schema["properties"]
+    props["sources"]["properties"] = {name: {"$ref": "#/$defs/source"} for name in sources.names()}
+    props["levels"]["default"] = list(DEFAULT_LEVELS)
+    return schema
+
+
+def _load_plugins(config: dict[str, Any], source: str) -> None:
+    entries = config.get("plugins", [])
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"{source}: key 'plugins' must be a list of module names or .py paths")
+    try:
+        plugins.load(entries)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
 
 
 def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Return a validated copy with defaults filled in; raise ConfigError naming the key."""
+    _load_plugins(config, source)
     schema = load_schema()
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
     errors = sorted(
-        jsonschema.Draft202012Validator(schema).iter_errors(config),
+        validator.iter_errors(config),
         key=lambda e: (len(e.absolute_path), _key(e.absolute_path)),
     )
     if errors:
@@ -71,6 +96,10 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: key 'grid' is not a valid grid: {err}") from err
     t = config["time"]
     start, end, eval_start = (pd.Timestamp(t[k]) for k in ("start", "end", "eval_start"))
+    if not start < end:
+        raise ConfigError(
+            f"{source}: key 'time.end' ({t['end']}) must lie after time.start ({t['start']})"
+        )
     if not start < eval_start <= end:
         raise ConfigError(
             f"{source}: key 'time.eval_start' ({t['eval_start']}) must lie after time.start "
@@ -96,3 +125,16 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys, got {type(raw).__name__}")
     return validate_config(raw, str(path))
+
+
+def write_resolved_config(config: dict[str, Any], directory: str | Path) -> str:
+    """Write the resolved config to ``<directory>/<config_hash>.yaml`` (once; the content is
+    fixed by the name) and return that path. Loading it gives the same config and hash."""
+    from bfm.fileio import write_text_atomic
+    from bfm.provenance import config_hash
+
+    path = Path(directory) / f"{config_hash(config)}.yaml"
+    if not path.is_file():
+        header = "# The resolved config of a workflow run (written by workflow/rules/common.smk)\n"
+        write_text_atomic(path, header + yaml.safe_dump(config, sort_keys=True))
+    return str(path)

@@ -5,7 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+RESULTS = Path("results")
+RAW = RESULTS / "raw"
+TILES = RESULTS / "tiles"
+BATCHES = RESULTS / "batches"
 
-def tile_path(root: str | Path, modality: str, period: str | None = None) -> Path:
-    """``<root>/<modality>/<period>.nc`` (``static.nc`` for era5_static)."""
-    return Path(root) / modality / (f"{period}.nc" if period else "static.nc")
+
+def tile_path(root: str | Path, modality: str, period: str) -> Path:
+    """``<root>/<modality>/<period>.nc``; a static modality's one tile has period ``static``."""
+    return Path(root) / modality / f"{period}.nc"
+
+
+def raw_path(root: str | Path, source: str, name: str) -> Path:
+    """``<root>/<source>/<name>``: a raw file as a source names it (``Source.raw_names``)."""
+    return Path(root) / source / name
+
+
+def batch_path(root: str | Path, t0: str) -> Path:
+    """``<root>/<t0>.h5`` with t0 written ``YYYYMMDDTHH``."""
+    return Path(root) / f"{t0}.h5"

@@ -1,4 +1,13 @@
-"""Provenance recorded in every tile, batch and checkpoint: version, commit, config hash."""
+"""Provenance recorded in every tile, batch, statistics file and checkpoint.
+
+- ``bfm_version`` and ``git_commit``: the code;
+- ``config_hash``: the sha256 of the whole resolved config the step ran under (the workflow
+  writes it to ``results/config/<config_hash>.yaml`` and passes that file with ``--config``,
+  so a step run by hand with the same file records the same hash); without a config, the
+  hash of the step's own settings;
+- ``settings_hash``: the sha256 of the config keys the output depends on (``bfm.workflow``);
+  consumers compare it with what the current config implies for their inputs.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +15,12 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from bfm import __version__
-
-# Set by workflow/rules/common.smk (through bfm.workflow.export_config) so that every job
-# records the hash of the whole resolved config it ran under.
-ENV_CONFIG_HASH = "BFM_CONFIG_HASH"
-ENV_RESOLVED_CONFIG = "BFM_RESOLVED_CONFIG"
 
 
 def config_hash(config: Any) -> str:
@@ -58,13 +63,12 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
-def resolved_config() -> dict[str, Any] | None:
-    """The whole resolved workflow config, when running under the workflow."""
-    text = os.environ.get(ENV_RESOLVED_CONFIG)
-    return json.loads(text) if text else None
-
-
-def provenance(settings: Any = None) -> dict[str, str]:
-    """Provenance attributes; the config hash is the workflow's, else that of ``settings``."""
-    chash = os.environ.get(ENV_CONFIG_HASH) or config_hash(settings if settings is not None else {})
-    return {"bfm_version": __version__, "git_commit": git_commit(), "config_hash": chash}
+def provenance(config: Mapping[str, Any] | None, settings: Any) -> dict[str, str]:
+    """Provenance attributes of an output depending on ``settings``, made under ``config``."""
+    chash = config_hash(config if config is not None else settings)
+    return {
+        "bfm_version": __version__,
+        "git_commit": git_commit(),
+        "config_hash": chash,
+        "settings_hash": config_hash(settings),
+    }

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bfm.grid import Grid
+from bfm.contracts.grid import Grid
 
 
 def _overlap(dst_edges: np.ndarray, src_edges: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""``bfm report``: figures and tables for ``snakemake --report``.
+"""bfm report: figures and tables for snakemake --report.
 
-``bfm report loss`` draws the training loss curve (SVG) from ``metrics.jsonl``;
-``bfm report scores`` renders the evaluation's ``scores.jsonl`` as an HTML table.
+bfm report loss draws the training loss curve (SVG) from metrics.jsonl; bfm report scores
+renders the evaluation's scores.jsonl as an HTML table, each variable labelled with its
+catalogue name and units.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from bfm.cliutil import add_command
+from bfm.contracts import catalogue
 from bfm.fileio import atomic_path, write_text_atomic
 
 
@@ -69,6 +72,16 @@ def plot_loss(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> P
 SCORE_COLUMNS = ("variable", "channel", "n", "rmse_model", "rmse_persistence", "rmse_climatology")
 
 
+def label(variable: str) -> str:
+    """``surface/t2m`` -> ``surface/t2m: 2 metre temperature (K)`` (catalogue names)."""
+    group, _, name = variable.partition("/")
+    try:
+        var = catalogue.of_group(group).variable(name)
+    except (ValueError, KeyError):
+        return variable
+    return f"{variable}: {var.long_name} ({var.units})"
+
+
 def scores_table(rows: list[dict[str, Any]]) -> str:
     """HTML table of the per-variable summaries (channel null), best RMSE in bold."""
     summary = [r for r in rows if r.get("channel") is None] or rows
@@ -93,7 +106,7 @@ def scores_table(rows: list[dict[str, Any]]) -> str:
             1 - r["rmse_model"] / r["rmse_persistence"] if r["rmse_persistence"] else float("nan")
         )
         lines.append(
-            f"<tr><td>{html.escape(str(r['variable']))}</td><td>{r['n']}</td>"
+            f"<tr><td>{html.escape(label(str(r['variable'])))}</td><td>{r['n']}</td>"
             + "".join(f"<td>{c}</td>" for c in cells)
             + f"<td>{skill:+.3f}</td></tr>"
         )
@@ -127,12 +140,7 @@ def _run_scores(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="figures and tables for the Snakemake report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(sub, "report", __doc__, "figures and tables for the Snakemake report")
     kinds = p.add_subparsers(title="items", metavar="ITEM", required=True)
     pl = kinds.add_parser("loss", help="training loss curve (SVG/PNG) from metrics.jsonl")
     pl.add_argument("--metrics", required=True, help="metrics.jsonl written by bfm train")

@@ -1,35 +1,34 @@
-"""Helpers for workflow/rules/common.smk: the DAG's targets and each rule's inputs.
+"""The plan of one study: what the DAG builds, each rule's inputs, and the config keys each
+output depends on.
 
-Kept here (not in the .smk files) so they are unit-tested without Snakemake.
+``workflow/rules/common.smk`` builds one :class:`Plan` from the resolved config; every rule's
+inputs and its ``settings`` param come from it (kept here, not in the .smk files, so they are
+unit-tested without Snakemake). The ``bfm`` commands use the same plan to record
+``settings_hash`` (the hash of the keys an output depends on) and to refuse inputs built under
+other settings, so a config change never silently reuses stale outputs.
+
+Which modalities exist comes from the catalogue; a study builds those whose source is listed
+under ``sources`` (``catalogue.active``). Everything here is cheap: it parses no data file.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections import defaultdict
 from functools import cached_property
 from typing import Any
 
 import pandas as pd
 
+from bfm import paths, sources
 from bfm.config import validate_config
-from bfm.grid import Grid
-from bfm.paths import tile_path
-from bfm.provenance import ENV_CONFIG_HASH, ENV_RESOLVED_CONFIG, config_hash
-from bfm.timeaxis import (
-    batch_starts,
-    format_t0,
-    next_time,
-    parse_t0,
-    period_of,
-    periods,
-    steps,
-)
+from bfm.contracts import catalogue, timeaxis
+from bfm.contracts.catalogue import STATIC_PERIOD, DimsKind, Modality
+from bfm.contracts.grid import Grid
+from bfm.provenance import config_hash
+from bfm.sources.base import Study
 
-# Tile modalities with one file per period (era5_static has one file for all times).
-PERIOD_MODALITIES = ("era5_surface", "era5_atmospheric", "species_occurrence")
-TILES = "results/tiles"
-STATIC_TILE = str(tile_path(TILES, "era5_static"))
+SPLITS = ("all", "train", "eval")
 
 
 class Plan:
@@ -40,75 +39,176 @@ class Plan:
         t = self.config["time"]
         self.start, self.end, self.step = t["start"], t["end"], t["step"]
         self.eval_start = pd.Timestamp(t["eval_start"])
+        self.study = Study.from_config(self.config)
+
+    @cached_property
+    def hash(self) -> str:
+        """The config hash every output records (``provenance``)."""
+        return config_hash(self.config)
 
     @cached_property
     def grid(self) -> Grid:
         return Grid.from_dict(self.config["grid"])
 
     @cached_property
+    def modalities(self) -> tuple[Modality, ...]:
+        """The study's modalities, in channel order."""
+        return catalogue.active(self.config["sources"])
+
+    @cached_property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(m.group for m in self.modalities)
+
+    # --- time axis ------------------------------------------------------------------------
+    @cached_property
     def starts(self) -> pd.DatetimeIndex:
-        return batch_starts(self.start, self.end, self.step)
+        return timeaxis.batch_starts(self.start, self.end, self.step)
 
     @cached_property
     def periods(self) -> list[str]:
-        return periods(steps(self.start, self.end, self.step))
+        return timeaxis.periods(timeaxis.steps(self.start, self.end, self.step))
+
+    @cached_property
+    def _names(self) -> dict[str, list[str]]:
+        train = self.starts < self.eval_start
+        return {
+            "all": [timeaxis.format_t0(t) for t in self.starts],
+            "train": [timeaxis.format_t0(t) for t in self.starts[train]],
+            "eval": [timeaxis.format_t0(t) for t in self.starts[~train]],
+        }
 
     def batch_names(self, split: str = "all") -> list[str]:
         """t0 names of the batches in a split: all, train (t0 < eval_start) or eval."""
-        if split == "all":
-            chosen = self.starts
-        elif split == "train":
-            chosen = self.starts[self.starts < self.eval_start]
-        elif split == "eval":
-            chosen = self.starts[self.starts >= self.eval_start]
-        else:
-            raise ValueError(f"unknown split {split!r} (all, train, eval)")
-        return [format_t0(t) for t in chosen]
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r} ({', '.join(SPLITS)})")
+        return list(self._names[split])
 
-    def batch_periods(self, t0: str) -> list[str]:
-        """Periods whose tiles a batch reads: those of t0 and t0 + step."""
-        t = parse_t0(t0)
-        return sorted({period_of(t), period_of(next_time(t, self.step))})
+    def tile_periods(self, modality: Modality) -> list[str]:
+        return self.periods if modality.periodic else [STATIC_PERIOD]
 
-    def batch_tiles(self, t0: str) -> dict[str, list[str]]:
-        out = {
-            m: [str(tile_path(TILES, m, p)) for p in self.batch_periods(t0)]
-            for m in PERIOD_MODALITIES
-        }
-        out["era5_static"] = [STATIC_TILE]
+    # --- raw files ------------------------------------------------------------------------
+    def source_mode(self, source: str) -> str:
+        return str(self.study.settings(source)["mode"])
+
+    def sources_in_mode(self, mode: str) -> list[str]:
+        return [s for s in self.config["sources"] if self.source_mode(s) == mode]
+
+    def raw_files(self, modality: Modality, period: str) -> list[str]:
+        """The raw files a tile reads: under results/raw/<source>/ (sample, download) or the
+        user's (file mode)."""
+        src = sources.get(modality.source)
+        names = src.raw_names(modality, period, self.study)
+        if self.source_mode(src.name) == "file":
+            root = str(self.study.settings(src.name)["path"])
+            return [src.user_file(root, n) for n in names]
+        return [str(paths.raw_path(paths.RAW, src.name, n)) for n in names]
+
+    def orphaned_tiles(self) -> list[tuple[str, str]]:
+        """(tile, missing raw file) for existing tiles whose file-mode inputs do not exist.
+
+        Snakemake keeps an output whose input files are missing and that no rule makes (it
+        cannot tell that they changed): such a tile was built from other files than the
+        config names, and the workflow must stop rather than use it.
+        """
+        out = []
+        for m in self.modalities:
+            if self.source_mode(m.source) != "file":
+                continue
+            for period in self.tile_periods(m):
+                tile = self.tile(m, period)
+                if os.path.exists(tile):
+                    out += [(tile, f) for f in self.raw_files(m, period) if not os.path.exists(f)]
         return out
 
+    def raw_settings(self, source: str, name: str) -> dict[str, Any]:
+        return sources.get(source).raw_settings(name, self.study)
+
+    def raw_inputs(self, source: str, name: str) -> list[str]:
+        """Files (besides the config) that writing raw file ``name`` reads."""
+        return sources.get(source).raw_inputs(name, self.study)
+
+    # --- tiles ----------------------------------------------------------------------------
+    def tile(self, modality: Modality, period: str) -> str:
+        return str(paths.tile_path(paths.TILES, modality.name, period))
+
+    def tile_inputs(self, modality: Modality | str, period: str) -> dict[str, list[str]]:
+        """``raw``: the raw files of a tile; ``species``: the species list of species tiles."""
+        modality = _modality(modality)
+        species = [self.study.species] if modality.kind == DimsKind.SPECIES else []
+        return {"raw": self.raw_files(modality, period), "species": species}
+
+    def tile_settings(self, modality: Modality | str) -> dict[str, Any]:
+        """The config keys a tile of ``modality`` depends on (any period)."""
+        modality = _modality(modality)
+        src = sources.get(modality.source)
+        names = src.raw_names(modality, self.tile_periods(modality)[0], self.study)
+        out: dict[str, Any] = {
+            "modality": modality.name,
+            "raw": src.raw_settings(names[0], self.study),
+            "grid": self.grid.to_dict(),
+        }
+        if modality.periodic:
+            out["time"] = {"start": self.start, "end": self.end, "step": self.step}
+        return out
+
+    def tile_settings_hash(self, modality: Modality | str) -> str:
+        return config_hash(self.tile_settings(modality))
+
+    # --- batches --------------------------------------------------------------------------
+    def batch_periods(self, t0: str) -> list[str]:
+        """Periods whose tiles a batch reads: those of t0 and t0 + step."""
+        t = timeaxis.parse_t0(t0)
+        return sorted({timeaxis.period_of(t), timeaxis.period_of(timeaxis.next_time(t, self.step))})
+
+    def batch_tiles(self, t0: str) -> dict[str, list[str]]:
+        """Tile paths per modality that the batch ``t0`` is assembled from."""
+        periods = self.batch_periods(t0)
+        return {
+            m.name: [self.tile(m, p) for p in (periods if m.periodic else [STATIC_PERIOD])]
+            for m in self.modalities
+        }
+
+    def batch_settings(self) -> dict[str, Any]:
+        """The config keys every batch depends on: its tiles' settings."""
+        return {
+            "tiles": {m.name: self.tile_settings(m) for m in self.modalities},
+            "plugins": list(self.config["plugins"]),
+        }
+
+    @cached_property
+    def batch_settings_hash(self) -> str:
+        return config_hash(self.batch_settings())
+
+    def batch(self, t0: str) -> str:
+        return str(paths.batch_path(paths.BATCHES, t0))
+
+    # --- statistics and training ------------------------------------------------------------
+    @cached_property
+    def _train_by_period(self) -> dict[str, list[str]]:
+        # Built once: a month's batches are looked up per stats job (no per-batch parsing).
+        index: dict[str, list[str]] = defaultdict(list)
+        for t0 in self._names["train"]:
+            index[f"{t0[:4]}-{t0[4:6]}"].append(self.batch(t0))
+        return dict(index)
+
     def train_periods(self) -> list[str]:
-        return sorted({period_of(parse_t0(t0)) for t0 in self.batch_names("train")})
+        return sorted(self._train_by_period)
 
     def train_batches_in(self, period: str) -> list[str]:
-        return [
-            f"results/batches/{t0}.h5"
-            for t0 in self.batch_names("train")
-            if period_of(parse_t0(t0)) == period
-        ]
+        return list(self._train_by_period.get(period, []))
 
-    def raw_era5(self, group: str, period: str | None = None) -> str:
-        src = self.config["sources"]["era5"]
-        name = "static.nc" if group == "static" else f"{period}.nc"
-        base = src["path"] if src["mode"] == "file" else "results/raw/era5"
-        return f"{base}/{group}/{name}"
-
-    def raw_gbif(self) -> str:
-        src = self.config["sources"]["gbif"]
-        return src["path"] if src["mode"] == "file" else "results/raw/gbif/occurrences.zip"
-
-    def grid_arg(self) -> str:
-        g = self.grid
-        return ",".join(f"{v:g}" for v in (g.lat_min, g.lat_max, g.lon_min, g.lon_max, g.res))
-
-    def levels_arg(self) -> str:
-        return ",".join(str(v) for v in self.config["levels"])
+    def stats_settings(self) -> dict[str, Any]:
+        return {"batches": self.batch_settings(), "eval_start": self.config["time"]["eval_start"]}
 
 
-def export_config(config: dict[str, Any]) -> str:
-    """Put the resolved config and its hash in the environment every job inherits."""
-    digest = config_hash(config)
-    os.environ[ENV_CONFIG_HASH] = digest
-    os.environ[ENV_RESOLVED_CONFIG] = json.dumps(config, sort_keys=True, default=str)
-    return digest
+def _modality(modality: Modality | str) -> Modality:
+    return catalogue.modality(modality) if isinstance(modality, str) else modality
+
+
+def load_plan(config_path: str | None) -> Plan | None:
+    """The plan of a ``--config`` file (a resolved or a user config), or None without one."""
+    if config_path is None:
+        return None
+    from bfm.config import load_config
+
+    return Plan(load_config(config_path), config_path)

@@ -12,10 +12,9 @@ rule batch:
     conda:
         "../../envs/geo.yaml"
     params:
-        grid=PLAN.grid_arg(),
-        step=config["time"]["step"],
+        tiles=get_batch_tile_args,
+        settings=PLAN.batch_settings(),
+        config=get_config_file,
     shell:
-        "bfm batch --t0 {wildcards.t0} --step {params.step} --grid {params.grid}"
-        " --surface {input.era5_surface} --atmospheric {input.era5_atmospheric}"
-        " --species {input.species_occurrence} --static {input.era5_static}"
+        "bfm batch --t0 {wildcards.t0} {params.tiles} --config {params.config}"
         " --out {output} > {log} 2>&1"

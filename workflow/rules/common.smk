@@ -1,22 +1,42 @@
-# Config validation and input helpers. All logic lives in bfm.workflow, which is unit-tested.
+# Config validation, the study's plan and input helpers. All logic lives in bfm.workflow,
+# which is unit-tested; the rules are written once over the catalogue's modalities and
+# sources (see docs/architecture.md).
+#
+# Each rule's `settings` param holds exactly the config keys its output depends on, so a
+# config change reruns what it affects and nothing else. The resolved config reaches every
+# job as one file, results/config/<hash>.yaml (`--config`); it is passed as a derived param
+# (a function of the job's output), which Snakemake keeps out of its params rerun trigger.
 import os
 
-from bfm.config import ConfigError
-from bfm.workflow import Plan, export_config
+from bfm.config import ConfigError, write_resolved_config
+from bfm.workflow import Plan
 
 try:
     PLAN = Plan(config, "config")
 except ConfigError as err:
     raise WorkflowError(f"invalid config, no job was run: {err}") from None
 config = PLAN.config
-CONFIG_HASH = export_config(config)
+ORPHANS = PLAN.orphaned_tiles()
+if ORPHANS:
+    tile, raw = ORPHANS[0]
+    raise WorkflowError(
+        f"{tile} exists but its input {raw} (file mode) does not, and {len(ORPHANS) - 1} "
+        "more: the tiles were built from other files than the config names. Provide the "
+        "files or delete those tiles; no job was run."
+    )
+CONFIG_FILE = write_resolved_config(PLAN.config, "results/config")
 # Per-rule conda envs install this checkout (envs/install-bfm.sh), wherever --directory is.
 os.environ.setdefault("BFM_SOURCE_DIR", os.path.dirname(workflow.basedir))
 
 
+def one_of(names):
+    """A wildcard constraint matching exactly these names (nothing when empty)."""
+    return "|".join(names) or "(?!)"
+
+
 wildcard_constraints:
-    group="surface|atmospheric",
-    period=r"\d{4}-\d{2}",
+    modality=one_of(m.name for m in PLAN.modalities),
+    period=r"\d{4}-\d{2}|static",
     t0=r"\d{8}T\d{2}",
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
@@ -31,20 +51,32 @@ def get_final_outputs():
     ]
 
 
-def get_raw_era5(wildcards):
-    return PLAN.raw_era5(wildcards.group, wildcards.period)
+def get_config_file(wildcards, output):
+    return CONFIG_FILE
 
 
-def get_raw_era5_static(wildcards):
-    return PLAN.raw_era5("static")
+def get_raw_inputs(wildcards):
+    return PLAN.raw_inputs(wildcards.source, wildcards.name)
 
 
-def get_raw_gbif(wildcards):
-    return PLAN.raw_gbif()
+def get_raw_settings(wildcards):
+    return PLAN.raw_settings(wildcards.source, wildcards.name)
+
+
+def get_tile_inputs(wildcards):
+    return PLAN.tile_inputs(wildcards.modality, wildcards.period)
+
+
+def get_tile_settings(wildcards):
+    return PLAN.tile_settings(wildcards.modality)
 
 
 def get_batch_tiles(wildcards):
     return PLAN.batch_tiles(wildcards.t0)
+
+
+def get_batch_tile_args(wildcards, input):
+    return " ".join(f"--tile {m}={','.join(input[m])}" for m in PLAN.batch_tiles(wildcards.t0))
 
 
 def get_stats_partial_batches(wildcards):
@@ -56,11 +88,11 @@ def get_stats_partials(wildcards):
 
 
 def get_train_batches(wildcards):
-    return [f"results/batches/{t0}.h5" for t0 in PLAN.batch_names("train")]
+    return [PLAN.batch(t0) for t0 in PLAN.batch_names("train")]
 
 
 def get_eval_batches(wildcards):
-    return [f"results/batches/{t0}.h5" for t0 in PLAN.batch_names("eval")]
+    return [PLAN.batch(t0) for t0 in PLAN.batch_names("eval")]
 
 
 def get_run_dir_of_input(wildcards, input):

@@ -14,6 +14,7 @@ rule evaluate:
         "../../envs/train.yaml"
     params:
         model=get_run_dir_of_input,
+        config=get_config_file,
     shell:
         "bfm evaluate --model {params.model} --batches {input.batches}"
-        " --out {output} > {log} 2>&1"
+        " --config {params.config} --out {output} > {log} 2>&1"

@@ -11,8 +11,12 @@ rule stats_partial:
         "logs/stats_partial/{period}.log",
     conda:
         "../../envs/geo.yaml"
+    params:
+        settings=PLAN.stats_settings(),
+        config=get_config_file,
     shell:
-        "bfm stats partial --batches {input} --out {output} > {log} 2>&1"
+        "bfm stats partial --batches {input} --config {params.config} --out {output}"
+        " > {log} 2>&1"
 
 
 rule stats:
@@ -25,5 +29,8 @@ rule stats:
         "logs/stats.log",
     conda:
         "../../envs/geo.yaml"
+    params:
+        settings=PLAN.stats_settings(),
+        config=get_config_file,
     shell:
-        "bfm stats merge --partials {input} --out {output} > {log} 2>&1"
+        "bfm stats merge --partials {input} --config {params.config} --out {output} > {log} 2>&1"

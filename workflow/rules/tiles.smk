@@ -1,38 +1,19 @@
-# ERA5 tiles: CF NetCDF on the configured grid, one file per modality and month.
+# Tiles: CF NetCDF on the configured grid, one file per modality and month (static: one).
 
 
-rule tile_era5:
-    """Regrid one month of ERA5 surface or pressure-level fields onto the grid and step."""
+rule tile:
+    """Regrid a modality's raw files onto the grid and time axis of one month."""
     input:
-        get_raw_era5,
+        unpack(get_tile_inputs),
     output:
-        "results/tiles/era5_{group}/{period}.nc",
+        "results/tiles/{modality}/{period}.nc",
     log:
-        "logs/tile_era5/{group}/{period}.log",
+        "logs/tile/{modality}/{period}.log",
     conda:
         "../../envs/geo.yaml"
     params:
-        grid=PLAN.grid_arg(),
-        start=config["time"]["start"],
-        end=config["time"]["end"],
-        step=config["time"]["step"],
+        settings=get_tile_settings,
+        config=get_config_file,
     shell:
-        "bfm tile era5 --group {wildcards.group} --input {input} --period {wildcards.period}"
-        " --grid {params.grid} --start {params.start} --end {params.end}"
-        " --step {params.step} --out {output} > {log} 2>&1"
-
-
-rule tile_era5_static:
-    """Regrid the invariant ERA5 fields (conservative; soil type by majority)."""
-    input:
-        get_raw_era5_static,
-    output:
-        "results/tiles/era5_static/static.nc",
-    log:
-        "logs/tile_era5_static.log",
-    conda:
-        "../../envs/geo.yaml"
-    params:
-        grid=PLAN.grid_arg(),
-    shell:
-        "bfm tile era5-static --input {input} --grid {params.grid} --out {output} > {log} 2>&1"
+        "bfm tile {wildcards.modality} --period {wildcards.period} --input {input.raw}"
+        " --config {params.config} --out {output} > {log} 2>&1"

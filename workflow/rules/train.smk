@@ -27,10 +27,11 @@ rule train:
         model=config["model"],
         train=config["train"],
         out=get_run_dir_of_output,
+        config=get_config_file,
     shell:
         "{resources.mpi} bfm train --batches {input.batches} --stats {input.stats}"
         " --deepspeed {input.deepspeed} --preset {params.model[preset]}"
         " --backbone {params.model[backbone]} --steps {params.train[steps]}"
         " --lr {params.train[lr]} --warmup-steps {params.train[warmup_steps]}"
         " --checkpoint-every {params.train[checkpoint_every]} --seed {params.train[seed]}"
-        " --out {params.out} > {log} 2>&1"
+        " --config {params.config} --out {params.out} > {log} 2>&1"

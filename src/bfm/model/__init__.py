@@ -1,9 +1,18 @@
-"""The BFM model: Perceiver IO encoder -> Swin3D U-Net -> Perceiver IO decoder (DESIGN.md §7)."""
+"""The BFM model: Perceiver IO encoder -> Swin3D U-Net -> Perceiver IO decoder.
+
+See docs/architecture.md ("Model")."""
 
 from bfm.model.bfm import BFM, count_parameters
 from bfm.model.config import BACKBONES, ModelConfig
 from bfm.model.loss import masked_mse
 from bfm.model.presets import PRESETS, build_config
 
-__all__ = ["BACKBONES", "BFM", "PRESETS", "ModelConfig", "build_config", "count_parameters",
-           "masked_mse"]
+__all__ = [
+    "BACKBONES",
+    "BFM",
+    "PRESETS",
+    "ModelConfig",
+    "build_config",
+    "count_parameters",
+    "masked_mse",
+]

@@ -60,7 +60,7 @@ def attention_mask(valid: Tensor, window: Window, shift: Window) -> Tensor:
     for axis, (n, w, s) in enumerate(zip(size, window, shift, strict=True)):
         if s:
             ids = torch.zeros(n, dtype=torch.long, device=valid.device)
-            ids[n - w: n - s], ids[n - s:] = 1, 2
+            ids[n - w : n - s], ids[n - s :] = 1, 2
             view = [1, 1, 1]
             view[axis] = n
             region = region * 3 + ids.view(view)
@@ -98,8 +98,9 @@ class WindowAttention(nn.Module):
 class SwinBlock(nn.Module):
     """Pre-norm (shifted-)window attention + MLP on ``(B, Z, H, W, D)``."""
 
-    def __init__(self, dim: int, heads: int, window: Window, mlp_ratio: float,
-                 shifted: bool) -> None:
+    def __init__(
+        self, dim: int, heads: int, window: Window, mlp_ratio: float, shifted: bool
+    ) -> None:
         super().__init__()
         self.window, self.shifted = window, shifted
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)

@@ -1,19 +1,13 @@
-"""The Biodiversity Foundation Model: encoder -> backbone -> decoder (DESIGN.md §7).
+"""The Biodiversity Foundation Model: encoder -> backbone -> decoder.
 
-``BFM.forward`` maps a normalised two-time input to the normalised next time (t0 + 2 step) of
-every dynamic group. Shapes (B batch, H x W grid of any size, C_g channels of group g as in
-``bfm.data.Layout``):
-
-- ``inputs[g]``: ``(B, 2, C_g, H, W)`` for time/level/species groups, ``(B, C_g, H, W)`` for
-  static ones; finite (the data layer fills NaN with 0 after normalising);
-- ``lat`` ``(H,)`` and ``lon`` ``(W,)`` in degrees (a leading batch axis is accepted and its
-  first row used: all samples share one grid);
-- ``time`` ``(B, 2)``: day of year and hour of t0;
-- returns ``{g: (B, C_g, H, W)}`` for the dynamic groups.
+``BFM.forward`` maps a normalised two-time ``ModelInput`` (``bfm.contracts.sample``: B batch,
+H x W grid of any size, C_g channels of group g as in ``bfm.contracts.layout.Layout``) to the
+normalised next time (t0 + 2 step) of every dynamic group, ``{g: (B, C_g, H, W)}``.
 
 The model pads H and W up to a multiple of the patch size (and the backbone pads the patch
 grid to its windows) and crops the output back. It carries the normalisation statistics as
-float64 buffers, so a checkpoint is self-contained (``normalise``/``denormalise``).
+float64 buffers, so a checkpoint is self-contained (``normaliser()`` returns them). See
+docs/architecture.md ("Model").
 """
 
 from __future__ import annotations
@@ -24,7 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bfm.data import Normaliser
+from bfm.contracts.catalogue import DimsKind
+from bfm.contracts.layout import Normaliser
+from bfm.contracts.sample import ModelInput
 from bfm.model.backbone import build_backbone
 from bfm.model.config import ModelConfig
 from bfm.model.decoder import Decoder
@@ -66,14 +62,14 @@ class BFM(nn.Module):
         if norm is not None:
             self.set_normaliser(norm)
 
-    def forward(self, inputs: dict[str, Tensor], lat: Tensor, lon: Tensor,
-                time: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: ModelInput) -> dict[str, Tensor]:
+        inputs = x.inputs
         h, w = self._check(inputs)
         p = self.config.patch_size
-        lat, lon = (c[0] if c.dim() == 2 else c for c in (lat, lon))
+        lat, lon = (c[0] if c.dim() == 2 else c for c in (x.lat, x.lon))
         hp, wp = math.ceil(h / p), math.ceil(w / p)
         centres = patch_centres(lat, p, hp), patch_centres(lon, p, wp)
-        t = self.time_embed(time)
+        t = self.time_embed(x.time)
         padded = {g: pad_to(x, p) for g, x in inputs.items() if g in self.config.layout.groups}
         latents = self.encoder(padded, self.pos_encoder(*centres), t)
         latents = self.backbone(latents)
@@ -81,8 +77,10 @@ class BFM(nn.Module):
         out = {g: y[..., :h, :w] for g, y in out.items()}
         if self.config.residual:
             layout = self.config.layout
-            out = {g: y if layout.kind(g) == "species" else y + inputs[g][:, -1].to(y.dtype)
-                   for g, y in out.items()}
+            out = {
+                g: y if layout.kind(g) == DimsKind.SPECIES else y + inputs[g][:, -1].to(y.dtype)
+                for g, y in out.items()
+            }
         return out
 
     def _check(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
@@ -93,12 +91,17 @@ class BFM(nn.Module):
             if g not in inputs:
                 raise ValueError(f"model input lacks group {g!r} (needs {list(layout.groups)})")
             x = inputs[g]
-            want = 4 if layout.kind(g) == "static" else 5
-            if x.dim() != want or x.shape[-3] != layout.n_channels(g) or (
-                    want == 5 and x.shape[1] != 2):
-                raise ValueError(f"model input {g!r} has shape {tuple(x.shape)}, expected "
-                                 f"{'(B, C, H, W)' if want == 4 else '(B, 2, C, H, W)'} "
-                                 f"with C={layout.n_channels(g)}")
+            want = 4 if layout.kind(g) == DimsKind.STATIC else 5
+            if (
+                x.dim() != want
+                or x.shape[-3] != layout.n_channels(g)
+                or (want == 5 and x.shape[1] != 2)
+            ):
+                raise ValueError(
+                    f"model input {g!r} has shape {tuple(x.shape)}, expected "
+                    f"{'(B, C, H, W)' if want == 4 else '(B, 2, C, H, W)'} "
+                    f"with C={layout.n_channels(g)}"
+                )
             shapes[g] = tuple(x.shape[-2:])
         if len(set(shapes.values())) != 1:
             raise ValueError(f"model inputs disagree on (H, W): {shapes}")
@@ -116,22 +119,6 @@ class BFM(nn.Module):
         mean = {g: getattr(self.norm, f"mean_{g}").cpu().numpy().astype(np.float64) for g in groups}
         std = {g: getattr(self.norm, f"std_{g}").cpu().numpy().astype(np.float64) for g in groups}
         return Normaliser(mean, std)
-
-    def normalise(self, fields: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Physical -> normalised, channel axis -3; NaN stays NaN; keeps each tensor's dtype."""
-        out = {}
-        for g, x in fields.items():
-            mean, std = self.norm.get(g)
-            out[g] = ((x.double() - mean) / std).to(x.dtype)
-        return out
-
-    def denormalise(self, fields: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Normalised -> physical (inverse of ``normalise``)."""
-        out = {}
-        for g, x in fields.items():
-            mean, std = self.norm.get(g)
-            out[g] = (x.double() * std + mean).to(x.dtype)
-        return out
 
 
 def count_parameters(model: nn.Module) -> int:

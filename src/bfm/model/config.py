@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from bfm.data import Layout
+from bfm.contracts.layout import Layout
 
 BACKBONES = ("swin3d",)
 
@@ -61,8 +61,10 @@ class ModelConfig:
         if d % h or (2 * d) % h:
             raise ValueError(f"model: embed_dim={d} must be divisible by num_heads={h}")
         if self.latent_levels % self.window[0]:
-            raise ValueError(f"model: latent_levels={self.latent_levels} must be a multiple "
-                             f"of window[0]={self.window[0]}")
+            raise ValueError(
+                f"model: latent_levels={self.latent_levels} must be a multiple "
+                f"of window[0]={self.window[0]}"
+            )
         if self.patch_size < 1 or min(self.window) < 1 or min(self.backbone_depths) < 0:
             raise ValueError(f"model: bad patch_size/window/backbone_depths in {self}")
 

@@ -29,11 +29,13 @@ class Decoder(nn.Module):
         self.sizes = [layout.n_channels(g) for g in self.groups]
         names = [f"{g}/{var}" for g in self.groups for var, _ in layout.channel_labels(g)]
         variables = list(dict.fromkeys(names))
-        self.register_buffer("var_index", torch.tensor([variables.index(n) for n in names]),
-                             persistent=False)
+        self.register_buffer(
+            "var_index", torch.tensor([variables.index(n) for n in names]), persistent=False
+        )
         self.query = nn.Parameter(torch.randn(len(names), d) * 0.02)
         self.layers = nn.ModuleList(
-            CrossAttentionBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth))
+            CrossAttentionBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)
+        )
         self.norm = nn.LayerNorm(d)
         # Zero heads: the untrained model predicts no change (persistence when residual).
         self.head_weight = nn.Parameter(torch.zeros(len(variables), d, p * p))

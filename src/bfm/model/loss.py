@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bfm.data import Layout
+from bfm.contracts.layout import Layout
 
 
-def masked_mse(pred: dict[str, Tensor], target: dict[str, Tensor], mask: dict[str, Tensor],
-               layout: Layout, weights: dict[str, float] | None = None) -> Tensor:
+def masked_mse(
+    pred: dict[str, Tensor],
+    target: dict[str, Tensor],
+    mask: dict[str, Tensor],
+    layout: Layout,
+    weights: dict[str, float] | None = None,
+) -> Tensor:
     """Weighted mean over variables of each variable's MSE over its valid points.
 
     pred, target ``{g: (B, C_g, H, W)}``, mask the same shape, bool (True = target known).

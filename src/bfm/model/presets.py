@@ -9,16 +9,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from bfm.data import Layout
+from bfm.contracts.layout import Layout
 from bfm.model.config import ModelConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(patch_size=4, embed_dim=48, num_heads=4, latent_levels=2, encoder_depth=1,
-                 decoder_depth=1, backbone_depths=(1, 1, 1), window=(2, 2, 2), mlp_ratio=2.0),
-    "small": dict(patch_size=4, embed_dim=256, num_heads=8, latent_levels=4, encoder_depth=2,
-                  decoder_depth=2, backbone_depths=(2, 4, 2), window=(2, 4, 4), mlp_ratio=4.0),
-    "medium": dict(patch_size=4, embed_dim=384, num_heads=12, latent_levels=4, encoder_depth=2,
-                   decoder_depth=2, backbone_depths=(3, 4, 3), window=(2, 4, 4), mlp_ratio=4.0),
+    "tiny": dict(
+        patch_size=4,
+        embed_dim=48,
+        num_heads=4,
+        latent_levels=2,
+        encoder_depth=1,
+        decoder_depth=1,
+        backbone_depths=(1, 1, 1),
+        window=(2, 2, 2),
+        mlp_ratio=2.0,
+    ),
+    "small": dict(
+        patch_size=4,
+        embed_dim=256,
+        num_heads=8,
+        latent_levels=4,
+        encoder_depth=2,
+        decoder_depth=2,
+        backbone_depths=(2, 4, 2),
+        window=(2, 4, 4),
+        mlp_ratio=4.0,
+    ),
+    "medium": dict(
+        patch_size=4,
+        embed_dim=384,
+        num_heads=12,
+        latent_levels=4,
+        encoder_depth=2,
+        decoder_depth=2,
+        backbone_depths=(3, 4, 3),
+        window=(2, 4, 4),
+        mlp_ratio=4.0,
+    ),
 }
 
 

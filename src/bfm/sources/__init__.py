@@ -1,0 +1,9 @@
+"""Data sources: one module per source, registered by name (``bfm.sources.base``).
+
+Importing this package registers the built-in sources; ``get(name)`` returns one.
+"""
+
+from bfm.sources import era5, gbif  # noqa: F401  (registers the built-in sources)
+from bfm.sources.base import MODES, NotOffered, Source, Study, get, names, register
+
+__all__ = ["MODES", "NotOffered", "Source", "Study", "get", "names", "register"]

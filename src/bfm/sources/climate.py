@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from bfm.grid import EARTH_RADIUS_M
+from bfm.contracts.grid import EARTH_RADIUS_M
 
 G = 9.80665  # m s-2
 R_DRY = 287.05  # J kg-1 K-1
@@ -129,7 +129,7 @@ def saturation_specific_humidity(t: np.ndarray, p: np.ndarray | float) -> np.nda
     return 0.622 * e_s / (p - 0.378 * e_s)
 
 
-def _temperature_profile(t_sl: np.ndarray, p_sl: np.ndarray, p: float) -> np.ndarray:
+def _temperature_profile(t_sl: np.ndarray, p_sl: np.ndarray, p: float | np.ndarray) -> np.ndarray:
     """Constant lapse rate from sea level, smoothly capped by an isothermal stratosphere."""
     t_trop = t_sl * (p / p_sl) ** (R_DRY * LAPSE_RATE / G)
     width = 2.0  # K: softness of the tropopause (keeps t strictly monotonic in p)
@@ -244,7 +244,7 @@ class Climate:
         jet_shape = np.exp(-(((lat2 - jet_lat) / 10.0) ** 2))
         geopotential = self._geopotential(t_sl, p_sl, levels_hpa)
         shape = (len(times), len(levels_hpa), len(lat), len(lon))
-        out = {k: np.empty(shape, dtype=dtype) for k in ("z", "t", "u", "v", "q")}
+        out: dict[str, np.ndarray] = {k: np.empty(shape, dtype=dtype) for k in "ztuvq"}
         for k, level in enumerate(levels_hpa):
             p = 100.0 * level
             t = _temperature_profile(t_sl, p_sl, p)
@@ -268,8 +268,9 @@ class Climate:
         Each layer's mean temperature (in log-pressure) comes from Simpson's rule on the
         analytic profile, so the result does not depend on how coarse the levels are.
         """
-        phi, p_below = np.zeros_like(t_sl), p_sl
-        out = {}
+        phi = np.zeros_like(t_sl)
+        p_below: np.ndarray | float = p_sl
+        out: dict[int, np.ndarray] = {}
         for level in sorted(levels_hpa, reverse=True):
             p = 100.0 * level
             p_mid = np.sqrt(p * p_below)

@@ -23,19 +23,24 @@ datetime64, level int hPa ascending, latitude descending, longitude ascending in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
-from bfm.cliutil import DEFAULT_LEVELS
+from bfm.contracts import timeaxis
+from bfm.contracts.catalogue import DEFAULT_LEVELS, Modality
+from bfm.contracts.grid import Grid
 from bfm.fileio import atomic_path
-from bfm.grid import Grid
-from bfm.sources import manifest
+from bfm.sources import manifest, tiling
+from bfm.sources.base import Source, Study, register
 from bfm.sources.climate import Climate
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 NATIVE_RES = 0.25
 GROUPS = ("surface", "atmospheric", "static")
@@ -127,12 +132,7 @@ def native_grid(target: Grid) -> Grid:
 
 def month_times(period: str) -> pd.DatetimeIndex:
     """The 6-hourly times (00, 06, 12, 18 UTC) of every day of a ``YYYY-MM`` month."""
-    try:
-        start = pd.Timestamp(f"{period}-01")
-    except ValueError as err:
-        raise ValueError(f"era5: period {period!r} is not of the form YYYY-MM") from err
-    if start.strftime("%Y-%m") != period:
-        raise ValueError(f"era5: period {period!r} is not of the form YYYY-MM")
+    start = timeaxis.period_bounds(period)[0]
     return pd.date_range(start, start + pd.offsets.MonthBegin(1), freq="6h", inclusive="left")
 
 
@@ -159,7 +159,9 @@ def request(
     return {"dataset": DATASETS[group], "request": req}
 
 
-def _fields(group: str, climate: Climate, times, levels, native: Grid) -> dict[str, np.ndarray]:
+def _fields(
+    group: str, climate: Climate, times: np.ndarray, levels: Sequence[int], native: Grid
+) -> dict[str, np.ndarray]:
     lat, lon = native.latitudes, native.longitudes
     surf = climate.surface(lat, lon)
     if group == "static":
@@ -184,6 +186,8 @@ def sample_dataset(
     seed: int = 0,
 ) -> xr.Dataset:
     """A synthetic ERA5 download unit for ``grid`` (pure; see the module doc for the layout)."""
+    import xarray as xr
+
     check_group(group)
     if group == "static":
         times = pd.DatetimeIndex([STATIC_TIME])
@@ -194,14 +198,14 @@ def sample_dataset(
     native = native_grid(grid)
     levels_desc = sorted(levels, reverse=True)  # the CDS stores pressure_level decreasing
     values = _fields(group, Climate.from_seed(seed), times.values, levels_desc, native)
-    dims = ("valid_time", "pressure_level", "latitude", "longitude")
+    dims: tuple[str, ...] = ("valid_time", "pressure_level", "latitude", "longitude")
     if group != "atmospheric":
         dims = ("valid_time", "latitude", "longitude")
     data_vars = {
         var.short_name: (dims, values[var.short_name].astype(np.float32), _var_attrs(var, group))
         for var in VARIABLES[group]
     }
-    coords = {
+    coords: dict[str, tuple[Any, ...]] = {
         "number": ((), np.int64(0)),
         "valid_time": ("valid_time", times.values.astype("datetime64[s]").astype(np.int64)),
         "latitude": ("latitude", native.latitudes),
@@ -284,6 +288,8 @@ def sample(
 
 def open(path: str | Path, group: str | None = None) -> xr.Dataset:
     """Read an ERA5 netCDF (new or old CDS layout) into the normalised in-memory form."""
+    import xarray as xr
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such ERA5 file")
@@ -317,10 +323,83 @@ def open(path: str | Path, group: str | None = None) -> xr.Dataset:
             if not ((diffs > 0).all() if ascending else (diffs < 0).all()):
                 ds = ds.sortby(coord, ascending=ascending)
     if group is not None:
-        for var in VARIABLES[group]:
-            if var.short_name not in ds.data_vars:
-                raise ValueError(f"{path}: missing variable {var.short_name!r} of group {group!r}")
+        missing = [v.short_name for v in VARIABLES[group] if v.short_name not in ds.data_vars]
+        if missing:
+            raise ValueError(f"{path}: missing variable(s) {missing} of group {group!r}")
         if group == "atmospheric" and "level" not in ds.dims:
             raise ValueError(f"{path}: missing dimension 'pressure_level' (or 'level')")
     ds.encoding["source"] = str(path)
     return ds
+
+
+# Download unit (CDS request group) of each ERA5 modality.
+UNIT_OF_MODALITY = {
+    "era5_surface": "surface",
+    "era5_atmospheric": "atmospheric",
+    "era5_static": "static",
+}
+
+
+class ERA5(Source):
+    """ERA5: raw files ``<unit>/<YYYY-MM>.nc`` (surface, atmospheric) and ``static/static.nc``,
+    one CDS download unit each."""
+
+    name = "era5"
+    licence = LICENCE
+    citation = CITATION
+
+    def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
+        unit = UNIT_OF_MODALITY[modality.name]
+        return [f"{unit}/{period}.nc"]
+
+    @staticmethod
+    def parse_name(name: str) -> tuple[str, str | None]:
+        """``surface/2010-01.nc`` -> ("surface", "2010-01"); ``static/static.nc`` -> ("static",
+        None)."""
+        unit, _, file = name.partition("/")
+        stem = file.removesuffix(".nc")
+        ok = unit in GROUPS and file.endswith(".nc") and (unit == "static") == (stem == "static")
+        if ok and unit != "static":
+            try:
+                timeaxis.check_period(stem)
+            except ValueError:
+                ok = False
+        if not ok:
+            raise ValueError(
+                f"era5: raw file {name!r} is not <surface|atmospheric>/YYYY-MM.nc "
+                "or static/static.nc"
+            )
+        return unit, None if unit == "static" else stem
+
+    def sample(self, name: str, out: Path, study: Study) -> Path:
+        unit, period = self.parse_name(name)
+        seed = int(study.settings(self.name).get("seed", 0))
+        return sample(out, unit, study.grid, period, study.levels, seed)
+
+    def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
+        (path,) = files
+        return open(path, UNIT_OF_MODALITY[modality.name])
+
+    def to_tile(
+        self,
+        native: xr.Dataset,
+        modality: Modality,
+        study: Study,
+        period: str,
+        prov: Mapping[str, str],
+    ) -> xr.Dataset:
+        where = Path(native.encoding.get("source", "<era5 dataset>")).name
+        unit = UNIT_OF_MODALITY[modality.name]
+        kind = "invariants " if unit == "static" else ""
+        attrs = {
+            "source": f"ECMWF ERA5 {DATASETS[unit]} {kind}({where}: "
+            f"{native.attrs.get('history', 'no history')})",
+            "licence": LICENCE,
+            "citation": CITATION,
+        }
+        return tiling.gridded_tile(
+            native, modality, study.grid, study.times_in(period), study.step, period, attrs, prov
+        )
+
+
+register(ERA5())

@@ -17,16 +17,25 @@ import csv
 import datetime as dt
 import io
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from bfm import __version__, regrid
+from bfm.contracts import tile as contract
+from bfm.contracts.catalogue import Modality
+from bfm.contracts.grid import Grid
 from bfm.fileio import atomic_path
-from bfm.grid import Grid
-from bfm.sources import manifest
+from bfm.sources import manifest, tiling
+from bfm.sources.base import Source, Study, register
 from bfm.sources.climate import Climate
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 SIMPLE_CSV_COLUMNS = (
     "gbifID", "datasetKey", "occurrenceID", "kingdom", "phylum", "class", "order", "family",
@@ -198,7 +207,7 @@ def _taxon_columns(records: pd.DataFrame, species: pd.DataFrame) -> dict:
     higher = ("kingdom", "phylum", "class", "order", "family")
     taxa = np.array([TAXONOMY.get(g, ("",) * 5) for g in genus], dtype=object)
     keys = records["speciesKey"].astype(str)
-    columns = {c: taxa.reshape(-1, 5)[:, i] for i, c in enumerate(higher)}
+    columns: dict[str, Any] = {c: taxa.reshape(-1, 5)[:, i] for i, c in enumerate(higher)}
     columns.update(genus=genus, species=sci, scientificName=sci, verbatimScientificName=sci)
     columns.update(taxonRank="SPECIES", taxonKey=keys, speciesKey=keys)
     return columns
@@ -378,3 +387,129 @@ def licence_of(licenses: pd.Series) -> str:
     if values and all("CC0" in v for v in values):
         return "CC0 1.0"
     return LICENCE
+
+
+RAW_NAME = "occurrences.zip"
+
+
+class GBIF(Source):
+    """GBIF: one raw file ``occurrences.zip``, a SIMPLE_CSV download of every configured
+    species over the whole window (the tiles of every month count from it)."""
+
+    name = "gbif"
+    licence = LICENCE
+    citation = "GBIF.org, GBIF Occurrence Download"
+
+    def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
+        return [RAW_NAME]
+
+    def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
+        # The sample follows the ERA5 sample climate of the same study (its seed).
+        return {
+            **super().raw_settings(name, study),
+            "start": study.start,
+            "end": study.end,
+            "species": study.species,
+            "climate_seed": self.climate_seed(study),
+        }
+
+    def raw_inputs(self, name: str, study: Study) -> list[str]:
+        return [study.species]
+
+    def user_file(self, path: str, name: str) -> str:
+        # file mode: `path` is the download zip itself (or a folder holding occurrences.zip)
+        return path if path.endswith((".zip", ".csv")) else super().user_file(path, name)
+
+    def climate_seed(self, study: Study) -> int:
+        era5 = study.sources.get("era5", {})
+        own = int(study.settings(self.name).get("seed", 0))
+        return int(era5.get("seed", own)) if era5.get("mode") == "sample" else own
+
+    def sample(self, name: str, out: Path, study: Study) -> Path:
+        if name != RAW_NAME:
+            raise ValueError(f"gbif: raw file {name!r} is not {RAW_NAME!r}")
+        seed = int(study.settings(self.name).get("seed", 0))
+        return sample(
+            out,
+            read_species(study.species),
+            study.start,
+            study.end,
+            study.grid,
+            seed,
+            self.climate_seed(study),
+        )
+
+    def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
+        """The records (dim ``record``) and the configured species (coordinate ``species``)."""
+        import xarray as xr
+
+        (path,) = files
+        table = open(path)
+        species = read_species(study.species)
+        status = (
+            table["occurrenceStatus"].astype(str).str.upper()
+            if "occurrenceStatus" in table.columns
+            else pd.Series("PRESENT", index=table.index)
+        )
+        ds = xr.Dataset(
+            {
+                "speciesKey": (
+                    "record",
+                    table["speciesKey"].fillna(-1).astype(np.int64).to_numpy(),
+                ),
+                "decimalLatitude": ("record", table["decimalLatitude"].to_numpy()),
+                "decimalLongitude": ("record", table["decimalLongitude"].to_numpy()),
+                "eventDate": ("record", table["eventDate"].to_numpy()),
+                "occurrenceStatus": ("record", status.to_numpy(object)),
+                "scientific_name": (
+                    "species",
+                    species["scientific_name"].astype(str).to_numpy(object),
+                ),
+            },
+            coords={"species": species["gbif_key"].to_numpy(np.int64)},
+            attrs={k: str(v) for k, v in table.attrs.items()},
+        )
+        ds.encoding["source"] = table.attrs["source"]
+        return ds
+
+    def to_tile(
+        self,
+        native: xr.Dataset,
+        modality: Modality,
+        study: Study,
+        period: str,
+        prov: Mapping[str, str],
+    ) -> xr.Dataset:
+        """Count present records per time step, species and cell."""
+        import xarray as xr
+
+        where = native.encoding.get("source", "<occurrences>")
+        times = study.times_in(period)
+        if len(times) == 0:
+            raise ValueError(f"{where}: time: no step of the window falls in period {period}")
+        present = native["occurrenceStatus"].values != "ABSENT"  # ABSENT is not an occurrence
+        keys = native["species"].values.astype(np.int64)
+        sp = pd.Index(keys).get_indexer(native["speciesKey"].values)
+        t = tiling.interval_index(pd.DatetimeIndex(native["eventDate"].values), times, study.step)
+        group = np.where(present & (sp >= 0) & (t >= 0), t * len(keys) + sp, -1)
+        lat, lon = native["decimalLatitude"].values, native["decimalLongitude"].values
+        counts = regrid.count_points(lat, lon, study.grid, group, len(times) * len(keys))
+        counts = counts.reshape(len(times), len(keys), *study.grid.shape).astype(np.float32)
+        (var,) = modality.variable_names
+        ds = xr.Dataset(
+            {var: (modality.tile_dims, counts), "scientific_name": native["scientific_name"]},
+            coords={"time": times, "species": keys},
+        )
+        ds["scientific_name"].attrs["long_name"] = "scientific name of the species"
+        attrs = {
+            "source": f"GBIF occurrence download, SIMPLE_CSV ({Path(where).name})",
+            "licence": native.attrs.get("licence", LICENCE),
+            "citation": native.attrs.get("citation", self.citation),
+            "history": f"bfm {__version__} tile {modality.name}: records counted per cell "
+            f"in [t, t + {study.step})",
+            "step": study.step,
+        }
+        return contract.finish(ds, modality, study.grid, period, attrs, prov, "time: sum")
+
+
+register(GBIF())

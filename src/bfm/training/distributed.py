@@ -45,8 +45,10 @@ class DistEnv:
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"distributed ({self.launcher}): rank {self.rank} is not in "
-                             f"[0, world_size={self.world_size})")
+            raise ValueError(
+                f"distributed ({self.launcher}): rank {self.rank} is not in "
+                f"[0, world_size={self.world_size})"
+            )
 
     @property
     def is_main(self) -> bool:
@@ -67,16 +69,19 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
 def slurm_hostnames(nodelist: str) -> list[str]:
     """Expand a SLURM nodelist (``gcn[1-3]``) with scontrol; a single host needs no scontrol."""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30
+        )
         hosts = out.stdout.split() if out.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired):
         hosts = []
     if hosts:
         return hosts
     if any(c in nodelist for c in "[],") or not nodelist:
-        raise ValueError(f"distributed: cannot expand SLURM_JOB_NODELIST={nodelist!r} without "
-                         "scontrol; set MASTER_ADDR")
+        raise ValueError(
+            f"distributed: cannot expand SLURM_JOB_NODELIST={nodelist!r} without "
+            "scontrol; set MASTER_ADDR"
+        )
     return [nodelist]
 
 
@@ -94,49 +99,81 @@ def _default_port() -> int:
     return DEFAULT_PORT
 
 
-def _master(env: Mapping[str, str], addr: Callable[[], str] = _localhost,
-            port: Callable[[], int] = _default_port) -> tuple[str, int]:
+def _master(
+    env: Mapping[str, str],
+    addr: Callable[[], str] = _localhost,
+    port: Callable[[], int] = _default_port,
+) -> tuple[str, int]:
     """MASTER_ADDR / MASTER_PORT from ``env``, else from the launcher's defaults."""
-    return (env.get("MASTER_ADDR") or addr(),
-            _int(env, "MASTER_PORT") if env.get("MASTER_PORT") else port())
+    return (
+        env.get("MASTER_ADDR") or addr(),
+        _int(env, "MASTER_PORT") if env.get("MASTER_PORT") else port(),
+    )
 
 
 def _slurm(env: Mapping[str, str], hostnames: Callable[[str], list[str]]) -> DistEnv:
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
     job = _int(env, "SLURM_JOB_ID", 0)
-    addr, port = _master(env, lambda: hostnames(nodelist)[0],
-                         lambda: SLURM_PORT_BASE + job % SLURM_PORT_SPAN)
-    return DistEnv(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"),
-                   _int(env, "SLURM_LOCALID", 0), addr, port, "slurm")
+    addr, port = _master(
+        env, lambda: hostnames(nodelist)[0], lambda: SLURM_PORT_BASE + job % SLURM_PORT_SPAN
+    )
+    return DistEnv(
+        _int(env, "SLURM_PROCID"),
+        _int(env, "SLURM_NTASKS"),
+        _int(env, "SLURM_LOCALID", 0),
+        addr,
+        port,
+        "slurm",
+    )
 
 
-def discover(env: Mapping[str, str], hostnames: Callable[[str], list[str]] = slurm_hostnames,
-             free_port: Callable[[], int] = find_free_port) -> DistEnv:
+def discover(
+    env: Mapping[str, str],
+    hostnames: Callable[[str], list[str]] = slurm_hostnames,
+    free_port: Callable[[], int] = find_free_port,
+) -> DistEnv:
     """Rank, world size, local rank and master of this process, from ``env`` alone."""
     if "RANK" in env and "WORLD_SIZE" in env:
         addr, port = _master(env)
-        return DistEnv(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK", 0),
-                       addr, port, "torchrun")
+        return DistEnv(
+            _int(env, "RANK"),
+            _int(env, "WORLD_SIZE"),
+            _int(env, "LOCAL_RANK", 0),
+            addr,
+            port,
+            "torchrun",
+        )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         return _slurm(env, hostnames)
     if "OMPI_COMM_WORLD_RANK" in env:
         addr, port = _master(env)
-        return DistEnv(_int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE"),
-                       _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0), addr, port, "openmpi")
+        return DistEnv(
+            _int(env, "OMPI_COMM_WORLD_RANK"),
+            _int(env, "OMPI_COMM_WORLD_SIZE"),
+            _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0),
+            addr,
+            port,
+            "openmpi",
+        )
     if "PMI_RANK" in env:
         addr, port = _master(env)
         local_rank = _int(env, "MPI_LOCALRANKID", _int(env, "PMI_LOCAL_RANK", 0))
-        return DistEnv(_int(env, "PMI_RANK"), _int(env, "PMI_SIZE"), local_rank, addr, port,
-                       "pmi")
+        return DistEnv(_int(env, "PMI_RANK"), _int(env, "PMI_SIZE"), local_rank, addr, port, "pmi")
     addr, port = _master(env, port=free_port)
     return DistEnv(0, 1, 0, addr, port, "single")
 
 
 def export(d: DistEnv, environ: MutableMapping[str, str] = os.environ) -> None:
     """Write the torch.distributed variables that DeepSpeed and torch read."""
-    environ.update({"RANK": str(d.rank), "WORLD_SIZE": str(d.world_size),
-                    "LOCAL_RANK": str(d.local_rank), "MASTER_ADDR": d.master_addr,
-                    "MASTER_PORT": str(d.master_port)})
+    environ.update(
+        {
+            "RANK": str(d.rank),
+            "WORLD_SIZE": str(d.world_size),
+            "LOCAL_RANK": str(d.local_rank),
+            "MASTER_ADDR": d.master_addr,
+            "MASTER_PORT": str(d.master_port),
+        }
+    )
 
 
 def backend() -> str:
@@ -144,8 +181,19 @@ def backend() -> str:
 
 
 def device(d: DistEnv) -> torch.device:
-    return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device(
-        "cpu")
+    return (
+        torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    )
+
+
+def skip_cpu_shm_op() -> None:
+    """On CPU, let DeepSpeed's communication use plain gloo instead of its shared-memory
+    all-reduce op, which it would JIT-compile with g++ on first use (about 2 minutes on a new
+    machine, before the first step). The op only speeds up all-reduces between CPU ranks of
+    one node; training on GPUs (nccl) never uses it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def init_distributed(d: DistEnv) -> None:
@@ -155,4 +203,6 @@ def init_distributed(d: DistEnv) -> None:
     export(d)
     if torch.cuda.is_available():
         torch.cuda.set_device(d.local_rank)
+    else:
+        skip_cpu_shm_op()
     deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False, verbose=False)

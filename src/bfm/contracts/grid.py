@@ -1,4 +1,4 @@
-"""The frozen horizontal grid every stage shares (DESIGN.md §1).
+"""The frozen horizontal grid every stage shares (docs/architecture.md, "Grid").
 
 Cell centres lie on multiples of ``res``; latitude is descending (north first, as ERA5),
 longitude ascending in [-180, 180). Europe at 0.25 deg is 153 x 321 cells.
@@ -127,6 +127,3 @@ class Grid:
         row = np.floor((self.lat_max + self.res / 2 - np.asarray(lat)) / self.res).astype(int)
         col = np.floor((np.asarray(lon) - (self.lon_min - self.res / 2)) / self.res).astype(int)
         return row, col
-
-
-EUROPE = Grid(lat_min=34.0, lat_max=72.0, lon_min=-30.0, lon_max=50.0, res=0.25)

@@ -1,4 +1,4 @@
-"""Per-variable, per-channel statistics from mergeable partial sums (DESIGN.md §6).
+"""Per-variable, per-channel statistics from mergeable partial sums (docs/architecture.md).
 
 For every variable and channel (pressure level or species; one channel otherwise) we keep
 count (finite values), nan_count, sum, sum of squares, min and max. Partials from different
@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from bfm.batch import GROUPS, Batch
+from bfm.contracts import catalogue
+from bfm.contracts.batch import Batch
+from bfm.contracts.catalogue import DimsKind
 from bfm.fileio import write_text_atomic
 
 SCHEMA = "bfm-stats/1"
@@ -99,7 +101,7 @@ class Moments:
             return np.where(self.count > 0, np.sqrt(var), np.nan)
 
     def to_dict(self) -> dict[str, Any]:
-        def lst(a: np.ndarray) -> list[float]:
+        def lst(a: np.ndarray) -> list[float | None]:
             return [float(v) if np.isfinite(v) else None for v in np.asarray(a, np.float64)]
 
         return {
@@ -132,8 +134,8 @@ class Moments:
 
 def channels_first(group: str, arr: np.ndarray) -> np.ndarray:
     """Reshape a batch array to (C, N): level/species channels first, the rest flattened."""
-    kind = GROUPS[group].kind
-    if kind in ("level", "species"):
+    kind = catalogue.of_group(group).kind
+    if kind in (DimsKind.LEVEL, DimsKind.SPECIES):
         return np.moveaxis(arr, 1, 0).reshape(arr.shape[1], -1)
     return arr.reshape(1, -1)
 
@@ -148,7 +150,7 @@ def batch_moments(batch: Batch, first_only: bool = False) -> dict[str, Moments]:
     out = {}
     for group, variables in batch.groups.items():
         for var, arr in variables.items():
-            if first_only and GROUPS[group].kind != "static":
+            if first_only and catalogue.of_group(group).kind != DimsKind.STATIC:
                 arr = arr[:1]
             out[f"{group}/{var}"] = Moments.of(channels_first(group, arr))
     return out

@@ -1,4 +1,4 @@
-"""The batch contract, schema ``bfm-batch/1`` (DESIGN.md §5).
+"""The batch contract, schema ``bfm-batch/1`` (docs/architecture.md, "Batches").
 
 A batch holds two consecutive model times (t0, t0 + step) of every modality on the grid, in
 one HDF5 file ``results/batches/<YYYYMMDDTHH>.h5``:
@@ -30,52 +30,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import h5netcdf
 import h5py
 import numpy as np
 import pandas as pd
 
+from bfm.contracts import catalogue
+from bfm.contracts.catalogue import DimsKind
+from bfm.contracts.grid import Grid
 from bfm.fileio import atomic_path
-from bfm.grid import Grid
 
 SCHEMA = "bfm-batch/1"
-GroupKind = Literal["time", "static", "level", "species"]
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    kind: GroupKind
-    variables: tuple[str, ...]
-
-
-GROUPS: dict[str, GroupSpec] = {
-    "surface": GroupSpec("time", ("t2m", "msl", "u10", "v10")),
-    "static": GroupSpec("static", ("z", "lsm", "slt")),
-    "atmospheric": GroupSpec("level", ("z", "t", "u", "v", "q")),
-    "species": GroupSpec("species", ("occurrence",)),
-}
-DIMS: dict[GroupKind, tuple[str, ...]] = {
-    "time": ("time", "latitude", "longitude"),
-    "static": ("latitude", "longitude"),
-    "level": ("time", "level", "latitude", "longitude"),
-    "species": ("time", "species_key", "latitude", "longitude"),
-}
-UNITS = {
-    "t2m": "K",
-    "msl": "Pa",
-    "u10": "m s-1",
-    "v10": "m s-1",
-    "z": "m2 s-2",
-    "lsm": "1",
-    "slt": "1",
-    "t": "K",
-    "u": "m s-1",
-    "v": "m s-1",
-    "q": "kg kg-1",
-    "occurrence": "1",
-}
+# The coordinate dataset of a level or species group (one per group, inside it).
+INNER_COORD = {DimsKind.LEVEL: "level", DimsKind.SPECIES: "species_key"}
 
 
 class BatchError(ValueError):
@@ -104,7 +72,7 @@ class Batch:
     groups: dict[str, dict[str, np.ndarray]]
     attrs: dict[str, str] = field(default_factory=dict)
     source: str = "<memory>"
-    require: tuple[str, ...] = tuple(GROUPS)
+    require: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate(self, self.require)
@@ -117,23 +85,28 @@ class Batch:
             "latitude": self.grid.n_lat,
             "longitude": self.grid.n_lon,
         }
-        return tuple(sizes[d] for d in DIMS[GROUPS[group].kind])
+        return tuple(sizes[d] for d in catalogue.of_group(group).batch_dims)
 
 
-def validate(batch: Batch, require: tuple[str, ...] = tuple(GROUPS)) -> None:
+def _spec(group: str, where: str) -> catalogue.Modality:
+    try:
+        return catalogue.of_group(group)
+    except ValueError as err:
+        raise BatchError(f"{where}: {err}") from err
+
+
+def validate(batch: Batch, require: tuple[str, ...] = ()) -> None:
     """Raise BatchError naming the source and the field if ``batch`` breaks the contract."""
     where = batch.source
     t0, t1 = batch.times
     if not t1 > t0:
         raise BatchError(f"{where}: times must increase, got {t0} and {t1}")
-    for name in require:
-        if name not in batch.groups:
-            raise BatchError(f"{where}: missing group {name!r} (required: {list(require)})")
+    missing_groups = [g for g in require if g not in batch.groups]
+    if missing_groups:
+        raise BatchError(f"{where}: missing group(s) {missing_groups} (required: {list(require)})")
     for name, variables in batch.groups.items():
-        if name not in GROUPS:
-            raise BatchError(f"{where}: unknown group {name!r} (known: {list(GROUPS)})")
-        spec = GROUPS[name]
-        missing = [v for v in spec.variables if v not in variables]
+        spec = _spec(name, where)
+        missing = [v for v in spec.variable_names if v not in variables]
         if missing:
             raise BatchError(f"{where}: group {name!r} lacks variables {missing}")
         expected = batch.expected_shape(name)
@@ -143,7 +116,7 @@ def validate(batch: Batch, require: tuple[str, ...] = tuple(GROUPS)) -> None:
             if arr.shape != expected:
                 raise BatchError(
                     f"{where}: {name}/{var} has shape {arr.shape}, expected {expected} "
-                    f"{DIMS[spec.kind]}"
+                    f"{spec.batch_dims}"
                 )
 
 
@@ -175,8 +148,9 @@ def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str]) -> None:
     _coord(f, "longitude", g.longitudes, units="degrees_east", standard_name="longitude")
     for gname, variables in batch.groups.items():
         grp = f.create_group(gname)
-        kind = GROUPS[gname].kind
-        if kind == "level":
+        spec = catalogue.of_group(gname)
+        kind = spec.kind
+        if kind == DimsKind.LEVEL:
             grp.dimensions = {"level": len(batch.levels)}
             _coord(
                 grp,
@@ -186,7 +160,7 @@ def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str]) -> None:
                 positive="down",
                 standard_name="air_pressure",
             )
-        elif kind == "species":
+        elif kind == DimsKind.SPECIES:
             grp.dimensions = {"species_key": len(batch.species)}
             _coord(
                 grp,
@@ -197,15 +171,16 @@ def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str]) -> None:
         for var, arr in variables.items():
             v = grp.create_variable(
                 var,
-                DIMS[kind],
+                spec.batch_dims,
                 data=arr,
                 chunks=_chunks(arr.shape),
                 compression="gzip",
                 compression_opts=4,
                 shuffle=True,
+                fletcher32=True,  # a checksum per chunk: damaged bytes fail loudly on read
                 fillvalue=np.float32(np.nan),
             )
-            v.attrs["units"] = UNITS.get(var, "1")
+            v.attrs["units"] = spec.variable(var).units
     f.attrs.update(
         {
             "schema": SCHEMA,
@@ -231,56 +206,69 @@ def _attr(f: h5py.File, path: Path, key: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_batch(path: str | Path, require: tuple[str, ...] = tuple(GROUPS)) -> Batch:
-    """Read and validate a batch file; BatchError names the file and the field on any breach."""
+def read_batch(path: str | Path, require: tuple[str, ...] = ()) -> Batch:
+    """Read and validate a batch file; BatchError names the file and the field on any breach,
+    and on any damage to the file (its datasets carry checksums)."""
     path = Path(path)
     try:
         f = h5py.File(path, "r")
     except (OSError, FileNotFoundError) as err:
         raise BatchError(f"{path}: cannot open as HDF5 ({err})") from err
-    with f:
-        schema = _attr(f, path, "schema")
-        if schema != SCHEMA:
-            raise BatchError(f"{path}: attribute 'schema' is {schema!r}, expected {SCHEMA!r}")
-        try:
-            grid = Grid.from_json(_attr(f, path, "grid"))
-            times = tuple(pd.Timestamp(t) for t in json.loads(_attr(f, path, "times")))
-            names = json.loads(_attr(f, path, "groups"))
-        except (ValueError, KeyError, TypeError) as err:
-            raise BatchError(f"{path}: bad root attribute: {err}") from err
-        if len(times) != 2:
-            raise BatchError(f"{path}: attribute 'times' must hold 2 times, got {len(times)}")
-        coords = {}
-        for name in ("time", "latitude", "longitude"):
-            if name not in f:
-                raise BatchError(f"{path}: missing coordinate dataset {name!r}")
-            coords[name] = f[name][()]
-        seconds = [pd.Timestamp(t).value // 10**9 for t in times]
-        if list(coords["time"]) != seconds:
-            raise BatchError(f"{path}: dataset 'time' {list(coords['time'])} != attrs {times}")
-        for name, expected in (("latitude", grid.latitudes), ("longitude", grid.longitudes)):
-            if coords[name].shape != expected.shape or not np.allclose(coords[name], expected):
-                raise BatchError(f"{path}: dataset {name!r} does not match the grid {grid}")
-        groups: dict[str, dict[str, np.ndarray]] = {}
-        levels, species = np.zeros(0, np.int64), np.zeros(0, np.int64)
-        for gname in names:
-            if gname not in f or not isinstance(f[gname], h5py.Group):
-                raise BatchError(f"{path}: attribute 'groups' lists {gname!r} but no such group")
-            grp = f[gname]
-            kind = GROUPS[gname].kind if gname in GROUPS else None
-            coord = {"level": "level", "species": "species_key"}.get(kind or "")
-            if coord is not None:
-                if coord not in grp:
-                    raise BatchError(f"{path}: group {gname!r} lacks coordinate {coord!r}")
-                if kind == "level":
-                    levels = grp[coord][()]
-                else:
-                    species = grp[coord][()]
-            groups[gname] = {
-                v: grp[v][()] for v in grp if v != coord and isinstance(grp[v], h5py.Dataset)
-            }
-        attrs = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f.attrs.items()}
-    batch = Batch(
+    try:
+        with f:
+            return _read(f, path, require)
+    except BatchError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise BatchError(
+            f"{path}: damaged or unreadable ({type(err).__name__}: {err}); "
+            "delete it and rerun the workflow to rebuild it"
+        ) from err
+
+
+def _read(f: h5py.File, path: Path, require: tuple[str, ...]) -> Batch:
+    schema = _attr(f, path, "schema")
+    if schema != SCHEMA:
+        raise BatchError(f"{path}: attribute 'schema' is {schema!r}, expected {SCHEMA!r}")
+    try:
+        grid = Grid.from_json(_attr(f, path, "grid"))
+        times = tuple(pd.Timestamp(t) for t in json.loads(_attr(f, path, "times")))
+        names = json.loads(_attr(f, path, "groups"))
+    except (ValueError, KeyError, TypeError) as err:
+        raise BatchError(f"{path}: bad root attribute: {err}") from err
+    if len(times) != 2:
+        raise BatchError(f"{path}: attribute 'times' must hold 2 times, got {len(times)}")
+    coords = {}
+    for name in ("time", "latitude", "longitude"):
+        if name not in f:
+            raise BatchError(f"{path}: missing coordinate dataset {name!r}")
+        coords[name] = f[name][()]
+    seconds = [pd.Timestamp(t).value // 10**9 for t in times]
+    if list(coords["time"]) != seconds:
+        raise BatchError(f"{path}: dataset 'time' {list(coords['time'])} != attrs {times}")
+    for name, expected in (("latitude", grid.latitudes), ("longitude", grid.longitudes)):
+        if coords[name].shape != expected.shape or not np.allclose(coords[name], expected):
+            raise BatchError(f"{path}: dataset {name!r} does not match the grid {grid}")
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    levels, species = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for gname in names:
+        if gname not in f or not isinstance(f[gname], h5py.Group):
+            raise BatchError(f"{path}: attribute 'groups' lists {gname!r} but no such group")
+        grp = f[gname]
+        kind = _spec(gname, str(path)).kind
+        coord = INNER_COORD.get(kind)
+        if coord is not None:
+            if coord not in grp:
+                raise BatchError(f"{path}: group {gname!r} lacks coordinate {coord!r}")
+            if kind == DimsKind.LEVEL:
+                levels = grp[coord][()]
+            else:
+                species = grp[coord][()]
+        groups[gname] = {
+            v: grp[v][()] for v in grp if v != coord and isinstance(grp[v], h5py.Dataset)
+        }
+    attrs = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in f.attrs.items()}
+    return Batch(
         times=times,
         step=attrs.get("step", ""),
         grid=grid,
@@ -291,4 +279,3 @@ def read_batch(path: str | Path, require: tuple[str, ...] = tuple(GROUPS)) -> Ba
         source=str(path),
         require=require,
     )
-    return batch

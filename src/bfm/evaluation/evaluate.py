@@ -1,4 +1,4 @@
-"""``bfm evaluate``: score a trained model on held-out batches (DESIGN.md §9).
+"""``bfm evaluate``: score a trained model on held-out batches (docs/architecture.md, "Evaluation").
 
 Samples pair batches exactly as training does (input batch t0, t1; target t1 + step). For
 every dynamic variable and channel (pressure level, species key) the RMSE over the valid
@@ -32,10 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bfm.checkpoint import load_model
-from bfm.data import BatchPairs, Layout, physical, to_sample
+from bfm.cliutil import add_command, add_config_argument
+from bfm.contracts.catalogue import DimsKind
+from bfm.contracts.layout import Layout, Normaliser
+from bfm.contracts.sample import Sample
 from bfm.fileio import write_text_atomic
 from bfm.model import BFM
+from bfm.training.checkpoint import load_model
+from bfm.training.data import BatchPairs, physical, to_sample
+from bfm.workflow import load_plan
 
 log = logging.getLogger("bfm.evaluate")
 FORECASTS = ("model", "persistence", "climatology")
@@ -43,19 +48,35 @@ Sums = dict[str, dict[str, np.ndarray]]  # group -> {"n" | forecast: (C,) float6
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a trained model vs persistence and climatology",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="RUN_DIR",
-                   help="training run directory (results/models/<run>) with meta.json")
-    p.add_argument("--batches", nargs="+", required=True, metavar="FILE",
-                   help="held-out batch files; consecutive ones form (input, target) pairs")
-    p.add_argument("--out", required=True, metavar="PATH",
-                   help="scores file to write (results/eval/<run>/scores.jsonl)")
+    p = add_command(
+        sub, "evaluate", __doc__, "score a trained model vs persistence and climatology"
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="RUN_DIR",
+        help="training run directory (results/models/<run>) with meta.json",
+    )
+    p.add_argument(
+        "--batches",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="held-out batch files; consecutive ones form (input, target) pairs",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="scores file to write (results/eval/<run>/scores.jsonl)",
+    )
+    add_config_argument(p, required=False)
     p.set_defaults(func=run)
 
 
-def squared_errors(forecasts: dict[str, np.ndarray], target: np.ndarray,
-                   persistence: np.ndarray) -> dict[str, np.ndarray]:
+def squared_errors(
+    forecasts: dict[str, np.ndarray], target: np.ndarray, persistence: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per-channel count of valid points and sums of squared errors.
 
     forecasts: name -> ``(C, H, W)``; target, persistence ``(C, H, W)`` with NaN = missing.
@@ -70,11 +91,10 @@ def squared_errors(forecasts: dict[str, np.ndarray], target: np.ndarray,
 
 
 @torch.no_grad()
-def predict(model: BFM, sample: dict[str, Any]) -> dict[str, np.ndarray]:
+def predict(model: BFM, sample: Sample, norm: Normaliser) -> dict[str, np.ndarray]:
     """Physical-unit prediction ``(C_g, H, W)`` per dynamic group for one sample."""
-    inputs = {g: t[None] for g, t in sample["inputs"].items()}
-    pred = model(inputs, sample["lat"], sample["lon"], sample["time"][None])
-    return {g: t[0].numpy() for g, t in model.denormalise(pred).items()}
+    pred = model(sample.input.batched())
+    return {g: norm.denormalise(g, t[0].numpy()) for g, t in pred.items()}
 
 
 def accumulate(model: BFM, data: BatchPairs) -> Sums:
@@ -83,12 +103,15 @@ def accumulate(model: BFM, data: BatchPairs) -> Sums:
     sums: Sums = {}
     for i in range(len(data)):
         x, y = data.load(i)
-        pred = predict(model, to_sample(x, y, layout, norm))
+        pred = predict(model, to_sample(x, y, layout, norm), norm)
         persistence, target = physical(x, y, layout)
         for g in layout.dynamic:
             clim = np.broadcast_to(norm.mean[g][:, None, None], target[g].shape)
-            part = squared_errors({"model": pred[g], "persistence": persistence[g],
-                                   "climatology": clim}, target[g], persistence[g])
+            part = squared_errors(
+                {"model": pred[g], "persistence": persistence[g], "climatology": clim},
+                target[g],
+                persistence[g],
+            )
             sums[g] = {k: sums[g][k] + v for k, v in part.items()} if g in sums else part
     return sums
 
@@ -106,7 +129,7 @@ def score_lines(sums: Sums, layout: Layout) -> list[dict[str, Any]]:
         labels = layout.channel_labels(g)
         for v, var in enumerate(layout.variables(g)):
             ch = slice(v * inner, (v + 1) * inner)
-            if layout.kind(g) in ("level", "species"):
+            if layout.kind(g) in (DimsKind.LEVEL, DimsKind.SPECIES):
                 for c in range(ch.start, ch.stop):
                     se = {k: float(sums[g][k][c]) for k in FORECASTS}
                     lines.append(_line(f"{g}/{var}", labels[c][1], float(sums[g]["n"][c]), se))
@@ -121,14 +144,30 @@ def write_lines(lines: list[dict[str, Any]], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model, meta = load_model(args.model)
-    data = BatchPairs(args.batches, model.normaliser(), layout=model.config.layout)
+    plan = load_plan(args.config)
+    data = BatchPairs(
+        args.batches,
+        model.normaliser(),
+        layout=model.config.layout,
+        settings_hash=plan.batch_settings_hash if plan is not None else None,
+    )
     lines = score_lines(accumulate(model, data), model.config.layout)
     write_lines(lines, Path(args.out))
     for rec in lines:
         if rec["channel"] is None:
-            log.info("%-22s n=%-8d model %s  persistence %s  climatology %s", rec["variable"],
-                     rec["n"], rec["rmse_model"], rec["rmse_persistence"],
-                     rec["rmse_climatology"])
-    log.info("scored %d samples of %s (step %s) -> %s", len(data), args.model,
-             meta.get("steps_done"), args.out)
+            log.info(
+                "%-22s n=%-8d model %s  persistence %s  climatology %s",
+                rec["variable"],
+                rec["n"],
+                rec["rmse_model"],
+                rec["rmse_persistence"],
+                rec["rmse_climatology"],
+            )
+    log.info(
+        "scored %d samples of %s (step %s) -> %s",
+        len(data),
+        args.model,
+        meta.get("steps_done"),
+        args.out,
+    )
     return 0

@@ -59,9 +59,20 @@ def periods(times: Iterable[pd.Timestamp]) -> list[str]:
     return sorted({period_of(t) for t in times})
 
 
+def check_period(period: str) -> str:
+    """``period`` if it is a month ``YYYY-MM``, else ValueError naming it."""
+    try:
+        ok = pd.Timestamp(f"{period}-01").strftime("%Y-%m") == period
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"--period: period {period!r} is not of the form YYYY-MM")
+    return period
+
+
 def period_bounds(period: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     """[first instant, first instant of next month) of a ``YYYY-MM`` period."""
-    start = pd.Timestamp(f"{period}-01")
+    start = pd.Timestamp(f"{check_period(period)}-01")
     return start, start + pd.offsets.MonthBegin(1)
 
 

@@ -1,0 +1,265 @@
+"""The tile contract: one CF-1.10 NetCDF per modality and period on the target grid.
+
+Paths: ``results/tiles/<modality>/<period>.nc`` (``bfm.paths.tile_path``); a static modality
+has one tile, ``static.nc``. Which modalities exist, their dims, variables, units and CF names
+come from ``bfm.contracts.catalogue``; the per-source builders that make tiles live in
+``bfm.sources`` (each source's ``to_tile``).
+
+Coordinates: ``time`` (datetime), ``level`` (int hPa, ascending), ``species`` (int64 GBIF
+keys, with a ``scientific_name`` string variable), ``latitude`` (descending), ``longitude``.
+Data variables are float32 with ``units``, ``long_name``, ``standard_name`` where CF has one,
+``cell_methods``, a NaN ``_FillValue`` and two quality counts (``n_out_of_range``: native
+values outside the variable's valid range that were set missing; ``n_incomplete``: native
+interval means left missing because one of their native values was missing). Global
+attributes: Conventions, title, modality, source, licence, citation, history, institution, grid
+(``Grid.to_json()``), step, time_rule, period, provenance (bfm_version, git_commit,
+config_hash) and ``settings_hash`` (the hash of the config keys the tile depends on).
+
+Time rule (``TIME_RULE``, also in every tile): the tile's times are the configured steps of
+the window inside the month. A continuous field at time t is the mean of its native values
+in [t, t + step); a value is missing where any native value of its interval is missing (no
+partial means). Point observations are counted in [t, t + step).
+
+Valid range (``VALID_RANGE_RULE``): a native value outside its variable's catalogue range is
+set missing and counted; if more than ``MAX_OUT_OF_RANGE`` of a variable's native values are
+out of range, the file is refused (a wrong unit or an undeclared fill value, not a few bad
+values). A written tile never holds a value outside the range.
+
+``write_tile`` validates and writes atomically, with a quality report ``<tile>.qc.json``
+beside it; ``open_tile`` opens and validates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bfm.contracts import catalogue, timeaxis
+from bfm.contracts.catalogue import STATIC_PERIOD, DimsKind, Modality, RegridMethod
+from bfm.contracts.grid import Grid
+from bfm.fileio import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+TIME_RULE = (
+    "times are the configured steps of the window inside the month; a continuous field at t is "
+    "the mean of its native values in [t, t + step) (6h from 6-hourly data: the value at t), "
+    "missing where any of them is missing; point observations are counted in [t, t + step), a "
+    "date-only eventDate at 00:00"
+)
+MAX_OUT_OF_RANGE = 0.01
+VALID_RANGE_RULE = (
+    "native values outside the variable's valid range are set missing and counted "
+    f"(n_out_of_range); more than {MAX_OUT_OF_RANGE:.0%} of them refuses the file"
+)
+INSTITUTION = "Biodiversity Foundation Model (BFM) pipeline"
+QC_SUFFIX = ".qc.json"
+QC_COUNTS = ("n_out_of_range", "n_incomplete")
+REQUIRED_ATTRS = ("Conventions", "title", "modality", "source", "licence", "citation", "history",
+                  "institution", "grid", "time_rule", "bfm_version", "git_commit",
+                  "config_hash", "settings_hash")  # fmt: skip
+COORD_ATTRS = {
+    "time": {"standard_name": "time", "long_name": "time", "axis": "T"},
+    "level": {"units": "hPa", "standard_name": "air_pressure", "long_name": "pressure level",
+              "positive": "down", "axis": "Z"},
+    "latitude": {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude",
+                 "axis": "Y"},
+    "longitude": {"units": "degrees_east", "standard_name": "longitude",
+                  "long_name": "longitude", "axis": "X"},
+    "species": {"long_name": "GBIF species key"},
+}  # fmt: skip
+AREA_METHOD = {
+    RegridMethod.CONSERVATIVE: "area: mean",
+    RegridMethod.MODE: "area: mode",
+    RegridMethod.COUNT: "area: sum",
+    RegridMethod.AREA_FRACTION: "area: mean",
+}
+
+
+def period_of_tile(modality: Modality, period: str | None) -> str:
+    """The period key of a tile: ``YYYY-MM`` for periodic modalities, ``static`` else."""
+    if not modality.periodic:
+        if period not in (None, STATIC_PERIOD):
+            raise ValueError(
+                f"--period: modality {modality.name!r} is static; its one tile has "
+                f"period {STATIC_PERIOD!r}, got {period!r}"
+            )
+        return STATIC_PERIOD
+    if period is None or period == STATIC_PERIOD:
+        raise ValueError(f"--period: modality {modality.name!r} has one tile per month (YYYY-MM)")
+    return timeaxis.check_period(period)
+
+
+def finish(
+    ds: xr.Dataset,
+    modality: Modality,
+    grid: Grid,
+    period: str,
+    attrs: Mapping[str, str],
+    prov: Mapping[str, str],
+    time_method: str = "",
+) -> xr.Dataset:
+    """Put the contract's coordinates and attributes on a builder's Dataset.
+
+    ``attrs`` are the source's: source, licence, citation, history (and step for periodic
+    tiles); ``time_method`` is the CF time part of ``cell_methods`` (``time: mean``, ...).
+    """
+    ds = ds.assign_coords(latitude=grid.latitudes, longitude=grid.longitudes)
+    for name, coord_attrs in COORD_ATTRS.items():
+        if name in ds.coords:
+            ds[name].attrs.update(coord_attrs)
+    for var in modality.variables:
+        a = ds[var.name].attrs
+        a.update(units=var.units, long_name=var.long_name)
+        if var.standard_name:
+            a["standard_name"] = var.standard_name
+        a["cell_methods"] = " ".join(p for p in (time_method, AREA_METHOD[var.regrid]) if p)
+        for key, bound in zip(("valid_min", "valid_max"), var.valid_range, strict=True):
+            if np.isfinite(bound):
+                a[key] = np.float32(bound)
+        for key in QC_COUNTS:
+            a.setdefault(key, 0)
+    ds.attrs = {
+        "Conventions": "CF-1.10",
+        "title": f"BFM {modality.name} tile" + (f" {period}" if modality.periodic else ""),
+        "modality": modality.name,
+        "institution": INSTITUTION,
+        "grid": grid.to_json(),
+        "time_rule": TIME_RULE if modality.periodic else "invariant fields: no time axis",
+        **({"period": period} if modality.periodic else {}),
+        **dict(attrs),
+        **dict(prov),
+    }
+    return ds
+
+
+# --- validation -----------------------------------------------------------------------------
+def _check_attrs(ds: xr.Dataset, modality: Modality, where: str) -> Grid:
+    missing = [
+        k for k in REQUIRED_ATTRS + (("step",) if modality.periodic else ()) if k not in ds.attrs
+    ]
+    if missing:
+        raise ValueError(f"{where}: missing global attribute(s) {missing}")
+    if ds.attrs["Conventions"] != "CF-1.10" or ds.attrs["modality"] != modality.name:
+        raise ValueError(
+            f"{where}: attributes Conventions/modality are not CF-1.10/{modality.name}"
+        )
+    try:
+        return Grid.from_json(ds.attrs["grid"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{where}: attribute 'grid' is not a valid grid ({err})") from err
+
+
+def _check_values(ds: xr.Dataset, modality: Modality, where: str) -> None:
+    for var in modality.variables:
+        lo, hi = var.valid_range
+        values = ds[var.name].values
+        finite = values[np.isfinite(values)]
+        bad = finite[(finite < lo) | (finite > hi)]
+        if bad.size:
+            raise ValueError(
+                f"{where}: variable {var.name!r} holds {bad.size} value(s) outside "
+                f"its valid range [{lo}, {hi}] (e.g. {bad.flat[0]!r})"
+            )
+
+
+def validate_tile(ds: xr.Dataset, modality: str, where: str, values: bool = False) -> Grid:
+    """Raise ValueError naming ``where`` and the field if ``ds`` breaks the tile contract.
+
+    ``values`` also checks every value against the variables' valid ranges (on write).
+    """
+    try:
+        spec = catalogue.modality(modality)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    grid = _check_attrs(ds, spec, where)
+    for name, expected in (("latitude", grid.latitudes), ("longitude", grid.longitudes)):
+        if name not in ds.coords:
+            raise ValueError(f"{where}: missing coordinate {name!r}")
+        got = ds[name].values
+        if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-9):
+            raise ValueError(f"{where}: coordinate {name!r} does not match the grid {grid}")
+    missing = [v for v in spec.variable_names if v not in ds.data_vars]
+    if missing:
+        raise ValueError(f"{where}: missing variable(s) {missing} of modality {modality!r}")
+    for name in spec.variable_names:
+        if ds[name].dims != spec.tile_dims or ds[name].dtype != np.float32:
+            raise ValueError(
+                f"{where}: variable {name!r} has dims {ds[name].dims} and dtype "
+                f"{ds[name].dtype}, expected {spec.tile_dims} float32"
+            )
+    for coord in set(spec.tile_dims) - {"latitude", "longitude"}:
+        if coord not in ds.coords:
+            raise ValueError(f"{where}: missing coordinate {coord!r}")
+    if spec.kind == DimsKind.SPECIES and "scientific_name" not in ds.variables:
+        raise ValueError(f"{where}: missing variable 'scientific_name'")
+    if values:
+        _check_values(ds, spec, where)
+    return grid
+
+
+# --- I/O ------------------------------------------------------------------------------------
+def _encoding(ds: xr.Dataset) -> dict:
+    # One chunk per 2-D field; no _FillValue on coordinates (CF); integer hours for time.
+    enc: dict = {name: {"_FillValue": None} for name in ds.coords}
+    for name, var in ds.data_vars.items():
+        if var.dtype == np.float32:
+            chunks = tuple(ds.sizes[d] if d in ("latitude", "longitude") else 1 for d in var.dims)
+            enc[name] = dict(zlib=True, complevel=4, shuffle=True, chunksizes=chunks,
+                             _FillValue=np.float32(np.nan))  # fmt: skip
+    if "time" in ds.coords:
+        enc["time"].update(units="hours since 1970-01-01", calendar="proleptic_gregorian")
+        enc["time"]["dtype"] = "int64"
+    return enc
+
+
+def qc_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + QC_SUFFIX)
+
+
+def quality(ds: xr.Dataset) -> dict[str, dict[str, int]]:
+    """The quality counts of a tile's variables (see the module docstring)."""
+    spec = catalogue.modality(str(ds.attrs["modality"]))
+    return {v: {k: int(ds[v].attrs.get(k, 0)) for k in QC_COUNTS} for v in spec.variable_names}
+
+
+def write_tile(ds: xr.Dataset, path: str | Path) -> Path:
+    """Validate (values included) and write atomically, with the quality report beside it."""
+    path = Path(path)
+    validate_tile(ds, str(ds.attrs.get("modality")), str(path), values=True)
+    report = {
+        "tile": path.name,
+        "modality": ds.attrs["modality"],
+        "rule": VALID_RANGE_RULE,
+        "time_rule": ds.attrs["time_rule"],
+        "variables": quality(ds),
+    }
+    write_text_atomic(qc_path(path), json.dumps(report, indent=1) + "\n")
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
+    return path
+
+
+def open_tile(path: str | Path, modality: str) -> xr.Dataset:
+    """Open (lazily; close it or use ``with``) and validate a tile of ``modality``."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such tile")
+    try:
+        ds = xr.open_dataset(path, engine="netcdf4")
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: cannot read as netCDF ({err})") from err
+    try:
+        validate_tile(ds, modality, str(path))
+    except ValueError:
+        ds.close()
+        raise
+    return ds

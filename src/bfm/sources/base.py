@@ -1,0 +1,183 @@
+"""The interface every source implements, the study settings it reads, and the registry.
+
+A source is one module (``bfm/sources/<name>.py``, or a plugin module named in the config key
+``plugins``) that defines a :class:`Source` subclass and registers an instance with
+:func:`register`. Its modalities are catalogue entries (``bfm.contracts.catalogue``) whose
+``source`` is its name. What it provides:
+
+- ``raw_names(modality, period, study)``: the raw files, relative to its raw folder
+  (``results/raw/<source>/``, or the user's folder in ``file`` mode), that the tile of one
+  modality and period is built from;
+- ``sample(name, out, study)``: write raw file ``name`` as deterministic synthetic data in the
+  source's native format (plus its manifest);
+- ``download(name, out, study)``: fetch raw file ``name`` from the real service (plus its
+  manifest); :class:`NotOffered` until the source has a downloader;
+- ``open(files, modality, study)``: read raw files into a normalised native ``xr.Dataset``;
+- ``to_tile(native, modality, study, period, prov)``: pure, native Dataset -> tile Dataset on
+  the study's grid and time axis (``bfm.contracts.tile``).
+
+Only ``download`` touches the network. Modules import xarray and other heavy libraries inside
+the functions that need them: the workflow reads ``raw_names`` and ``raw_settings`` while
+Snakemake parses the Snakefile.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pandas as pd
+
+from bfm.contracts import catalogue, timeaxis
+from bfm.contracts.catalogue import DimsKind, Modality
+from bfm.contracts.grid import Grid
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+MODES = ("sample", "download", "file")
+
+
+class NotOffered(ValueError):
+    """The source has no downloader (yet): use mode ``file`` or ``sample``."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """The parts of the resolved config that sources read.
+
+    Attributes:
+        grid: the target grid.
+        start, end, step: the model time window (inclusive) and step.
+        levels: pressure levels (hPa) of the level modalities.
+        species: path of the species list CSV.
+        sources: the config's ``sources`` block (each source's mode, seed, path, ...).
+    """
+
+    grid: Grid
+    start: str
+    end: str
+    step: str
+    levels: tuple[int, ...]
+    species: str
+    sources: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Study:
+        t = config["time"]
+        return cls(
+            grid=Grid.from_dict(config["grid"]),
+            start=t["start"],
+            end=t["end"],
+            step=t["step"],
+            levels=tuple(int(v) for v in config["levels"]),
+            species=str(config["species"]),
+            sources=config["sources"],
+        )
+
+    def settings(self, source: str) -> Mapping[str, Any]:
+        """The config block ``sources.<source>``."""
+        if source not in self.sources:
+            raise ValueError(f"config: key 'sources.{source}' is not set")
+        return self.sources[source]
+
+    def times_in(self, period: str) -> pd.DatetimeIndex:
+        """The model times of a tile period (none for ``static``)."""
+        if period == catalogue.STATIC_PERIOD:
+            return pd.DatetimeIndex([])
+        timeaxis.period_bounds(period)  # validates YYYY-MM
+        return timeaxis.steps_in_period(period, self.start, self.end, self.step)
+
+    def grid_settings(self) -> dict[str, Any]:
+        return self.grid.to_dict()
+
+
+class Source(ABC):
+    """One data source; see the module docstring for the contract of each method."""
+
+    name: ClassVar[str]
+    licence: ClassVar[str]
+    citation: ClassVar[str]
+
+    def modalities(self) -> tuple[Modality, ...]:
+        return catalogue.of_source(self.name)
+
+    @abstractmethod
+    def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
+        """Raw files (relative names) the tile of ``modality`` and ``period`` reads."""
+
+    def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
+        """The config keys raw file ``name`` depends on (Snakemake reruns it when they change).
+
+        Default: the grid, the pressure levels if the source has a level modality, and the
+        source's own config block.
+        """
+        out: dict[str, Any] = {
+            "grid": study.grid_settings(),
+            "source": dict(study.settings(self.name)),
+        }
+        if any(m.kind == DimsKind.LEVEL for m in self.modalities()):
+            out["levels"] = list(study.levels)
+        return out
+
+    def raw_inputs(self, name: str, study: Study) -> list[str]:
+        """Files that writing raw file ``name`` reads (default none)."""
+        return []
+
+    def user_file(self, path: str, name: str) -> str:
+        """Where raw file ``name`` lies in ``file`` mode, given the config's ``path``."""
+        return f"{path.rstrip('/')}/{name}"
+
+    @abstractmethod
+    def sample(self, name: str, out: Path, study: Study) -> Path:
+        """Write raw file ``name`` (synthetic, native format) and its manifest to ``out``."""
+
+    def download(self, name: str, out: Path, study: Study) -> Path:
+        """Fetch raw file ``name`` from the service, with its manifest."""
+        raise NotOffered(
+            f"{self.name}: mode 'download' is not offered yet; set "
+            f"sources.{self.name}.mode to 'file' (your files) or 'sample'"
+        )
+
+    @abstractmethod
+    def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
+        """Read raw files into the source's normalised native Dataset."""
+
+    @abstractmethod
+    def to_tile(
+        self,
+        native: xr.Dataset,
+        modality: Modality,
+        study: Study,
+        period: str,
+        prov: Mapping[str, str],
+    ) -> xr.Dataset:
+        """The tile of ``modality`` and ``period`` (pure)."""
+
+
+_REGISTRY: dict[str, Source] = {}
+
+
+def register(source: Source) -> Source:
+    """Add a source instance under its name (idempotent for the same class)."""
+    old = _REGISTRY.get(source.name)
+    if old is not None and type(old) is not type(source):
+        raise ValueError(f"sources: {source.name!r} is already registered by {type(old)}")
+    _REGISTRY.setdefault(source.name, source)
+    return _REGISTRY[source.name]
+
+
+def get(name: str) -> Source:
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown source {name!r} (known: {sorted(_REGISTRY)}; a plugin's "
+            "source needs its module in the config key 'plugins')"
+        )
+    return _REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)

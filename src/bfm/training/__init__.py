@@ -1,0 +1,1 @@
+"""Training: settings, data loading, the DeepSpeed loop, checkpoints and rank discovery."""
