@@ -360,10 +360,15 @@ def _jsonl(path: Path, drop: set[str] = frozenset()) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in drop} for row in rows]
 
 
+SCORE_RTOL = 1e-6  # evaluation runs with the job's threads: float sums may differ in order
+
+
 def test_training_and_scores_are_equal(local_run, slurm_run):
-    """Same world size (2 ranks), seed, data, code and threads per rank (1): the same run, to
-    the bit. Only wall-clock fields differ (created_at, seconds, samples_per_s). Against a
-    1-rank run only the structure would match: the global batch, hence every loss, differs."""
+    """Same world size (2 ranks), seed, data, code and threads per rank (1): the same training
+    run, to the bit. Only wall-clock fields differ (created_at, seconds, samples_per_s).
+    Against a 1-rank run only the structure would match: the global batch, hence every loss,
+    differs. The scores agree to SCORE_RTOL: the evaluation job's thread count (the
+    profile's, and the machine's load) changes the order of the model's float sums."""
     a, b = (r["dir"] / "results/models/demo" for r in (local_run, slurm_run))
     ma, mb = (json.loads((d / "meta.json").read_text()) for d in (a, b))
     assert ma.keys() == mb.keys()
@@ -376,6 +381,14 @@ def test_training_and_scores_are_equal(local_run, slurm_run):
     assert _files(a, "checkpoints/**/*") == _files(b, "checkpoints/**/*")
     scores = "results/eval/demo/scores.jsonl"
     sa, sb = _jsonl(local_run["dir"] / scores), _jsonl(slurm_run["dir"] / scores)
-    assert sa and sa == sb
+    assert sa and len(sa) == len(sb)
+    for x, y in zip(sa, sb, strict=True):
+        assert {k: v for k, v in x.items() if not k.startswith("rmse")} == {
+            k: v for k, v in y.items() if not k.startswith("rmse")
+        }
+        for key in (k for k in x if k.startswith("rmse")):
+            assert (x[key] is None) == (y[key] is None), (x, y)
+            if x[key] is not None:
+                assert x[key] == pytest.approx(y[key], rel=SCORE_RTOL, abs=1e-12), (x, y)
     for report in ("loss.svg", "scores.html"):
         assert (slurm_run["dir"] / "results/report/demo" / report).stat().st_size > 0

@@ -43,6 +43,16 @@ def test_merge_is_exact_whatever_the_split():
         np.testing.assert_array_equal(merged.min, whole.min)
 
 
+def test_a_tiny_spread_beside_large_channels_keeps_its_precision():
+    """Humidity: 1e-2 kg/kg near the ground, 5e-6 +- 6e-9 at 200 hPa (one shift per channel)."""
+    rng = np.random.default_rng(3)
+    x = np.stack([rng.normal(1e-2, 2e-3, 400), rng.normal(5e-6, 6e-9, 400)])
+    parts = [Moments.of(x[:, :100]), Moments.of(x[:, 100:250] + 0.0), Moments.of(x[:, 250:])]
+    merged = merge_all({"q": p} for p in parts)["q"]
+    np.testing.assert_allclose(merged.std, x.std(axis=1), rtol=1e-10)
+    np.testing.assert_allclose(merged.mean, x.mean(axis=1), rtol=1e-12)
+
+
 def test_all_nan_channel_has_no_mean_and_unit_std(tmp_path):
     m = Moments.of(np.full((1, 4), np.nan))
     assert m.count[0] == 0 and np.isnan(m.mean[0])

@@ -227,7 +227,10 @@ def of_group(group: str) -> Modality:
     for m in _REGISTRY.values():
         if m.group == group:
             return m
-    raise ValueError(f"unknown batch group {group!r} (known: {[m.group for m in modalities()]})")
+    raise ValueError(
+        f"unknown batch group {group!r} (known: {list(groups())}; a plugin's group "
+        "needs its module in the config key 'plugins')"
+    )
 
 
 def groups() -> tuple[str, ...]:
