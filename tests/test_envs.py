@@ -194,7 +194,7 @@ def third_party_closure(start: list[str]) -> dict[str, set[str]]:
 
 def modules_run_by(shell: str) -> list[str]:
     commands = bfm_commands(shell)
-    return ["bfm", "bfm.cli", *(command_module(c) for c in commands)]
+    return ["bfm", "bfm.cli", *(command_module(c)[0] for c in commands)]
 
 
 # --- env files ---------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_static_kind_goes_with_invariant_cadence(kind, cadence):
 
 
 def test_modality_names_an_unknown_variable_and_its_variables():
-    with pytest.raises(KeyError, match=r"modality 'era5_surface' has no variable 'sst' \(has \["):
+    with pytest.raises(ValueError, match=r"modality 'era5_surface' has no variable 'sst' \(has \["):
         catalogue.modality("era5_surface").variable("sst")
 
 
@@ -219,7 +219,7 @@ def test_model_layout_names_the_groups_a_batch_lacks(tmp_path):
 def test_statistics_name_a_missing_entry_and_the_entries_they_have(tmp_path):
     only_surface = mock_batch("2010-01-01", groups=["surface"])
     stats = load_stats(write_stats([only_surface], tmp_path / "stats.json"))
-    with pytest.raises(KeyError, match=r"statistics have no entry 'static/z' \(have \['surface/"):
+    with pytest.raises(ValueError, match=r"statistics have no entry 'static/z' \(have \['surface/"):
         Normaliser.from_stats(stats, LAYOUT)
 
 
@@ -712,3 +712,61 @@ def test_train_refuses_a_run_directory_of_another_model(tmp_path):
     other = build_config("tiny", LAYOUT, embed_dim=32)
     with pytest.raises(ValueError, match=rf"--out {re.escape(str(tmp_path))}: holds a run of a d"):
         loop.check_same_model(tmp_path, other)
+
+
+# --- fixed after the first pass over the messages ---------------------------------------------
+def test_species_keys_must_be_whole_numbers_and_unique_as_numbers(tmp_path):
+    path = tmp_path / "species.csv"
+    path.write_text("gbif_key,scientific_name,common_name\n2435240.7,A a,a\n5219173,B b,b\n")
+    with pytest.raises(ValueError, match=r"'gbif_key' must hold positive integers, got "
+                       r"'2435240\.7' \(row 2\)"):  # fmt: skip
+        gbif.read_species(path)
+    path.write_text("gbif_key,scientific_name,common_name\n0042,A a,a\n42,B b,b\n")
+    with pytest.raises(ValueError, match=r"'gbif_key' must hold positive integers, got '0042'"):
+        gbif.read_species(path)
+    path.write_text("gbif_key,scientific_name,common_name\n42,A a,a\n42,B b,b\n")
+    with pytest.raises(ValueError, match=r"'gbif_key' has duplicates: \[42\]"):
+        gbif.read_species(path)
+
+
+def test_a_plugin_that_fails_to_import_names_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    (tmp_path / "needs.py").write_text("import no_such_package_for_bfm\n")
+    for entry, error in (("broken.py", "SyntaxError"), ("needs.py", "ModuleNotFoundError")):
+        cfg = demo_config(plugins=[entry])
+        with pytest.raises(ConfigError, match=rf"'plugins': cannot import '{entry}' \({error}"):
+            validate_config(cfg)
+
+
+def test_a_report_line_that_is_not_an_object_is_named(tmp_path):
+    from bfm.report import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n5\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: a record must be a JSON object"):
+        read_jsonl(path, ("step", "loss"))
+
+
+def test_a_batch_times_attribute_that_is_not_json_names_the_file(tmp_path):
+    (path,) = write_sequence(tmp_path, 1)
+    with h5py.File(path, "a") as f:
+        f.attrs["times"] = "[2010-01-01] x"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: cannot read the batch "
+                       "attribute 'times'"):  # fmt: skip
+        data.batch_attrs(path)
+
+
+def test_meta_json_with_a_model_that_is_not_an_object_is_refused(tmp_path):
+    meta = mock_meta(build_config("tiny", Layout(levels=LEVELS, species=SPECIES)))
+    meta["model"] = None
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"meta\.json: missing key\(s\) \['model\.config'\]"):
+        checkpoint.read_meta(tmp_path)
+
+
+def test_merging_partials_of_other_channels_names_the_variable():
+    a = batch_moments(mock_batch("2010-01-01", levels=(500, 850)))
+    b = batch_moments(mock_batch("2010-01-02", levels=(500,)))
+    with pytest.raises(ValueError, match=r"statistics atmospheric/z: cannot merge moments"):
+        merge_all([a, b])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -179,7 +180,7 @@ def test_backbone_real_tokens_ignore_whatever_fills_the_padding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cfg = build_config("tiny", LAYOUT)
-    bb = Swin3DBackbone(cfg.with_(backbone_depths=(2, 2, 2)))
+    bb = Swin3DBackbone(dataclasses.replace(cfg, backbone_depths=(2, 2, 2)))
     x = torch.randn(1, cfg.latent_levels, 3, 5, cfg.embed_dim)  # padded to 4 x 8 inside
     expected = bb(x)
     zero_pad = backbone_module.F.pad

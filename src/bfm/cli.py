@@ -28,9 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def command_module(name: str) -> str:
-    """The module that registers subcommand ``name``."""
-    return COMMANDS[name][0].partition(":")[0]
+def command_module(name: str) -> tuple[str, str]:
+    """The module that registers subcommand ``name`` and its register function."""
+    module, _, function = COMMANDS[name][0].partition(":")
+    return module, function or "register"
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -44,10 +45,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bfm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(title="steps", metavar="STEP")
-    for name, (target, help_text) in COMMANDS.items():
+    for name, (_, help_text) in COMMANDS.items():
         if command is None or name == command:
-            module, _, function = target.partition(":")
-            getattr(importlib.import_module(module), function or "register")(sub)
+            module, function = command_module(name)
+            getattr(importlib.import_module(module), function)(sub)
         else:
             sub.add_parser(name, help=help_text)
     return parser

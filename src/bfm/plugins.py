@@ -21,8 +21,7 @@ def _from_file(path: Path) -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"plugins: {path} is not a Python module")
+    assert spec is not None and spec.loader is not None  # a .py path always has a loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
@@ -46,10 +45,13 @@ def load(entries: Iterable[str]) -> list[ModuleType]:
                     f"config: key 'plugins': {entry} is not a file (paths are "
                     f"relative to the working directory {Path.cwd()})"
                 )
-            modules.append(_from_file(path.resolve()))
-            continue
         try:
-            modules.append(importlib.import_module(entry))
-        except ModuleNotFoundError as err:
-            raise ValueError(f"config: key 'plugins': cannot import {entry!r} ({err})") from err
+            if entry.endswith(".py"):
+                modules.append(_from_file(path.resolve()))
+            else:
+                modules.append(importlib.import_module(entry))
+        except Exception as err:  # a plugin's own error: name the entry, no traceback
+            raise ValueError(
+                f"config: key 'plugins': cannot import {entry!r} ({type(err).__name__}: {err})"
+            ) from err
     return modules

@@ -15,10 +15,11 @@ point observations          ``count_points``  occurrences are counted per cell
 
 ``nearest`` is offered for categorical fields where a majority vote is not wanted.
 
-Conventions: fields are arrays ``(..., n_lat, n_lon)`` on the source grid (latitude descending,
-as ``bfm.grid.Grid``); results are float64 ``(..., n_lat, n_lon)`` on the target grid. Cells are
-compared by their edges, so source grids may be finer than the target (0.25 -> 0.5 deg) or the
-same (identity, exact). Longitudes are not wrapped: grids must not cross the antimeridian.
+Conventions: fields are arrays ``(..., n_lat, n_lon)`` on the source grid (latitude
+descending, as ``bfm.contracts.grid.Grid``); results are float64 ``(..., n_lat, n_lon)`` on
+the target grid. Cells are compared by their edges, so source grids may be finer than the
+target (0.25 -> 0.5 deg) or the same (identity, exact). Longitudes are not wrapped: grids
+must not cross the antimeridian.
 
 Conservative weights are separable: the overlap of a target and a source cell is the product
 of their overlap in sin(latitude) and in longitude, which is the exact overlap area on the

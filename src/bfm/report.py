@@ -30,6 +30,10 @@ def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, An
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{n}: not a JSON line ({err})") from err
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"{path}:{n}: a record must be a JSON object, got {line.strip()!r}"
+                )
             missing = [k for k in required if k not in row]
             if missing:
                 raise ValueError(f"{path}:{n}: record lacks field(s) {missing}")
@@ -77,7 +81,7 @@ def label(variable: str) -> str:
     group, _, name = variable.partition("/")
     try:
         var = catalogue.of_group(group).variable(name)
-    except (ValueError, KeyError):
+    except ValueError:
         return variable
     return f"{variable}: {var.long_name} ({var.units})"
 

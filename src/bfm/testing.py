@@ -27,7 +27,6 @@ from bfm.contracts.timeaxis import format_t0, offset, steps_in_period
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests and benchmarks run from it)
 GRID = Grid(lat_min=44.0, lat_max=48.0, lon_min=0.0, lon_max=6.0, res=0.5)  # 9 x 13
-DEMO_GRID = Grid(lat_min=44.0, lat_max=56.0, lon_min=0.0, lon_max=20.0, res=0.5)  # 25 x 41
 EUROPE_GRID = Grid(lat_min=34.0, lat_max=72.0, lon_min=-30.0, lon_max=50.0, res=0.25)
 LEVELS = (500, 850, 1000)
 SPECIES = (2435240, 5219173)

@@ -53,6 +53,7 @@ class RegridMethod(StrEnum):
 
     CONSERVATIVE = "conservative"  # area-weighted mean of continuous fields and fractions
     MODE = "mode"  # majority category by overlap area
+    NEAREST = "nearest"  # the source cell holding the target cell's centre
     COUNT = "count"  # point observations counted per cell
     AREA_FRACTION = "area-fraction"  # polygon values mixed by the area they cover in a cell
 
@@ -180,7 +181,7 @@ class Modality:
         for v in self.variables:
             if v.name == name:
                 return v
-        raise KeyError(
+        raise ValueError(
             f"modality {self.name!r} has no variable {name!r} (has {list(self.variable_names)})"
         )
 

@@ -7,7 +7,6 @@ longitude ascending in [-180, 180). Europe at 0.25 deg is 153 x 321 cells.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -109,13 +108,6 @@ class Grid:
         sin_edges = np.sin(np.deg2rad(self.lat_edges()))
         band = EARTH_RADIUS_M**2 * np.abs(sin_edges[:-1] - sin_edges[1:]) * np.deg2rad(self.res)
         return np.repeat(band[:, None], self.n_lon, axis=1)
-
-    def box_area(self) -> float:
-        """Analytic area of the region covered by the cells, in m^2."""
-        lat_e = self.lat_edges()
-        lon_e = self.lon_edges()
-        dsin = math.sin(math.radians(lat_e[0])) - math.sin(math.radians(lat_e[-1]))
-        return EARTH_RADIUS_M**2 * dsin * math.radians(lon_e[-1] - lon_e[0])
 
     def contains(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
         """True where a point falls inside some cell (cell = centre +- res/2, half-open)."""

@@ -164,7 +164,10 @@ def merge_all(partials: Iterable[dict[str, Moments]]) -> dict[str, Moments]:
     total: dict[str, Moments] = {}
     for part in partials:
         for key, m in part.items():
-            total[key] = total[key].merge(m) if key in total else m
+            try:
+                total[key] = total[key].merge(m) if key in total else m
+            except ValueError as err:
+                raise ValueError(f"statistics {key}: {err}") from err
     return total
 
 
@@ -182,7 +185,7 @@ class Stats:
         """
         key = f"{group}/{var}"
         if key not in self.variables:
-            raise KeyError(f"statistics have no entry {key!r} (have {sorted(self.variables)})")
+            raise ValueError(f"statistics have no entry {key!r} (have {sorted(self.variables)})")
         m = self.variables[key]
         mean, std = np.nan_to_num(m.mean), m.std
         fallback = np.where(np.abs(mean) > 0, 1e-3 * np.abs(mean), 1.0)

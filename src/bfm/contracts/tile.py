@@ -76,6 +76,7 @@ COORD_ATTRS = {
 AREA_METHOD = {
     RegridMethod.CONSERVATIVE: "area: mean",
     RegridMethod.MODE: "area: mode",
+    RegridMethod.NEAREST: "area: point",
     RegridMethod.COUNT: "area: sum",
     RegridMethod.AREA_FRACTION: "area: mean",
 }

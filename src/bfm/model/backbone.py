@@ -195,8 +195,10 @@ class Swin3DBackbone(nn.Module):
         return self.norm(x)[:, :, :h, :w]
 
 
+BACKBONES: dict[str, type[nn.Module]] = {"swin3d": Swin3DBackbone}
+
+
 def build_backbone(cfg: ModelConfig) -> nn.Module:
-    """The backbone named by ``cfg.backbone`` (config key ``model.backbone``)."""
-    if cfg.backbone == "swin3d":
-        return Swin3DBackbone(cfg)
-    raise ValueError(f"model.backbone: {cfg.backbone!r} is not supported (use 'swin3d')")
+    """The backbone named by ``cfg.backbone`` (config key ``model.backbone``, checked by
+    ``ModelConfig``)."""
+    return BACKBONES[cfg.backbone](cfg)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bfm.contracts.layout import Layout
@@ -81,12 +81,11 @@ class ModelConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"model config: unknown keys {unknown}")
+        if "layout" not in d:
+            raise ValueError("model config: missing key 'layout'")
         kw = dict(d)
         kw["layout"] = Layout.from_dict(d["layout"])
         for key in ("backbone_depths", "window"):
             if key in kw:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
-
-    def with_(self, **changes: Any) -> ModelConfig:
-        return replace(self, **changes)

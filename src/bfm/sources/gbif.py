@@ -96,15 +96,22 @@ def read_species(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such species list")
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for column in SPECIES_COLUMNS:
-        if column not in table.columns:
-            raise ValueError(f"{path}: missing column {column!r} (need {list(SPECIES_COLUMNS)})")
-    keys = pd.to_numeric(table["gbif_key"], errors="coerce")
-    if keys.isna().any() or (keys <= 0).any():
-        raise ValueError(f"{path}: column 'gbif_key' must hold positive integers")
+    missing = [c for c in SPECIES_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing} (need {list(SPECIES_COLUMNS)})")
+    text = table["gbif_key"].str.strip()
+    bad = table["gbif_key"][~text.str.fullmatch(r"[1-9]\d*")]
+    if len(bad):
+        raise ValueError(
+            f"{path}: column 'gbif_key' must hold positive integers, got "
+            f"{bad.iloc[0]!r} (row {bad.index[0] + 2})"
+        )
+    keys = text.astype(np.int64)
     if keys.duplicated().any():
-        raise ValueError(f"{path}: column 'gbif_key' has duplicates")
-    table["gbif_key"] = keys.astype(np.int64)
+        raise ValueError(
+            f"{path}: column 'gbif_key' has duplicates: {sorted(set(keys[keys.duplicated()]))}"
+        )
+    table["gbif_key"] = keys
     return table
 
 
@@ -356,9 +363,9 @@ def open(path: str | Path, all_columns: bool = False) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such GBIF download")
     table, name = _read_table(path, all_columns)
-    for column in REQUIRED_COLUMNS:
-        if column not in table.columns:
-            raise ValueError(f"{name}: missing column {column!r} (a SIMPLE_CSV download has it)")
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {missing} (a SIMPLE_CSV download has them)")
     table["speciesKey"] = pd.to_numeric(table["speciesKey"], errors="coerce").astype("Int64")
     for column in ("decimalLatitude", "decimalLongitude"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype(np.float64)

@@ -25,11 +25,11 @@ SUFFIX = ".manifest.json"
 FIELDS = tuple(
     "file source request url bytes sha256 retrieved_at licence citation bfm_version".split()
 )
-# "key" is a credential in a URL query (Xeno-canto) but a field name in GBIF predicates.
 CREDENTIAL_NAMES = frozenset(
     ("apikey", "api_key", "token", "access_token", "private-token", "password", "pwd")
     + ("secret", "authorization", "auth", "user", "username", "credentials")
 )
+# "key" is a credential in a URL query (Xeno-canto) but a field name in GBIF predicates.
 URL_CREDENTIAL_NAMES = CREDENTIAL_NAMES | {"key"}
 
 
@@ -54,7 +54,7 @@ def _check_no_credentials(request: Any, url: str, where: str) -> None:
     if "@" in parts.netloc:
         raise ValueError(f"{where}: url carries user info (credentials): refusing to record it")
     for name, _ in parse_qsl(parts.query):
-        if name.lower() in CREDENTIAL_NAMES | {"key"}:
+        if name.lower() in URL_CREDENTIAL_NAMES:
             raise ValueError(f"{where}: url parameter {name!r} looks like a credential")
 
 

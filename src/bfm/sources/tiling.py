@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 REGRIDDERS: dict[RegridMethod, Callable[[np.ndarray, Grid, Grid], np.ndarray]] = {
     RegridMethod.CONSERVATIVE: regrid.conservative,
     RegridMethod.MODE: regrid.mode,
+    RegridMethod.NEAREST: regrid.nearest,
 }
 
 

@@ -198,7 +198,7 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("schema") != META_SCHEMA:
         raise ValueError(f"{path}: 'schema' is not {META_SCHEMA!r}")
     missing = [k for k in META_KEYS if k not in meta]
-    if missing or "config" not in meta.get("model", {}):
+    if missing or not isinstance(meta["model"], dict) or "config" not in meta["model"]:
         raise ValueError(f"{path}: missing key(s) {missing or ['model.config']}")
     return meta
 

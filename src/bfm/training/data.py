@@ -43,18 +43,13 @@ def batch_attrs(path: str | Path) -> tuple[tuple[pd.Timestamp, pd.Timestamp], st
     try:
         with h5py.File(path, "r") as f:
             raw, settings = f.attrs["times"], f.attrs.get("settings_hash", "")
-    except (OSError, KeyError) as err:
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        t0, t1 = (pd.Timestamp(t) for t in json.loads(text))
+    except (OSError, KeyError, ValueError, TypeError) as err:
         raise ValueError(f"{path}: cannot read the batch attribute 'times' ({err})") from err
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    t0, t1 = (pd.Timestamp(t) for t in json.loads(text))
     if parse_t0(path.stem) != t0:
         raise ValueError(f"{path}: file name says t0={parse_t0(path.stem)}, attribute says {t0}")
     return (t0, t1), settings.decode() if isinstance(settings, bytes) else str(settings)
-
-
-def batch_times(path: str | Path) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The two times of a batch file, read from its attributes only (no data)."""
-    return batch_attrs(path)[0]
 
 
 def check_settings(paths: list[Path], settings: dict[Path, str], expected: str | None) -> None:
