@@ -62,11 +62,13 @@ def test_all_nan_channel_has_no_mean_and_unit_std(tmp_path):
 
 
 def test_constant_channel_gets_a_scale_relative_to_its_mean(tmp_path):
-    m = Moments.of(np.array([[2e-5] * 4, [0.0] * 4, [1.0, 2.0, 3.0, 4.0]]))
+    # Rows: constant; all zero; real spread; 217 K plus float rounding noise (std 2e-10 K).
+    noisy = 217.0 + np.array([0.0, 2e-10, -2e-10, 0.0])
+    m = Moments.of(np.array([[2e-5] * 4, [0.0] * 4, [1.0, 2.0, 3.0, 4.0], noisy]))
     save_stats({"atmospheric/q": m}, tmp_path / "s.json", {})
     mean, std = load_stats(tmp_path / "s.json").mean_std("atmospheric", "q")
-    np.testing.assert_allclose(mean, [2e-5, 0.0, 2.5])
-    np.testing.assert_allclose(std, [2e-8, 1.0, np.std([1.0, 2.0, 3.0, 4.0])])
+    np.testing.assert_allclose(mean, [2e-5, 0.0, 2.5, 217.0])
+    np.testing.assert_allclose(std, [2e-8, 1.0, np.std([1.0, 2.0, 3.0, 4.0]), 0.217])
 
 
 def test_batch_moments_are_per_channel(small_grid):

@@ -34,6 +34,8 @@ from bfm.contracts.catalogue import DimsKind
 from bfm.fileio import write_text_atomic
 
 SCHEMA = "bfm-stats/1"
+# A std below this fraction of |mean| is float rounding, not spread (float32 resolves 6e-8).
+CONSTANT_RTOL = 1e-6
 
 
 @dataclass
@@ -179,9 +181,11 @@ class Stats:
     def mean_std(self, group: str, var: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std (float64, shape (C,)) for normalisation.
 
-        A constant channel (std 0, e.g. stratospheric humidity) gets std = 1e-3 |mean|, so
-        that a model error in normalised units stays negligible in physical units; a channel
-        with neither spread nor mean (no data, or all zero) gets std 1.
+        A constant channel (std <= CONSTANT_RTOL |mean|: below what float32 values resolve,
+        so what is left is rounding noise; e.g. stratospheric temperature or humidity) gets
+        std = 1e-3 |mean|, so that a model error in normalised units stays negligible in
+        physical units; a channel with neither spread nor mean (no data, or all zero) gets
+        std 1.
         """
         key = f"{group}/{var}"
         if key not in self.variables:
@@ -189,8 +193,8 @@ class Stats:
         m = self.variables[key]
         mean, std = np.nan_to_num(m.mean), m.std
         fallback = np.where(np.abs(mean) > 0, 1e-3 * np.abs(mean), 1.0)
-        std = np.where(np.isfinite(std) & (std > 0), std, fallback)
-        return mean, std
+        spread = np.isfinite(std) & (std > CONSTANT_RTOL * np.abs(mean)) & (std > 0)
+        return mean, np.where(spread, std, fallback)
 
 
 def save_stats(variables: dict[str, Moments], path: str | Path, meta: dict[str, Any]) -> Path:
