@@ -16,9 +16,10 @@ from bfm.contracts.layout import Layout
 from bfm.contracts.sample import ModelInput
 from bfm.model import BFM
 from bfm.model.presets import build_config
+from bfm.testing import BASE_GROUPS
 
 # The real channel counts: 13 pressure levels, the 6 species of resources/species.csv.
-EUROPE = Layout(levels=DEFAULT_LEVELS, species=(1, 2, 3, 4, 5, 6))
+EUROPE = Layout(levels=DEFAULT_LEVELS, species=(1, 2, 3, 4, 5, 6), groups=BASE_GROUPS)
 
 
 def example_input(layout: Layout, h: int, w: int, device: torch.device) -> ModelInput:

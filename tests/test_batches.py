@@ -123,8 +123,8 @@ def test_missing_tile_file_and_missing_modality_are_refused(tiles, tmp_path, cap
     assert cli.main(args) == 1
     assert "missing ['species_occurrence']" in caplog.text
     caplog.clear()
-    assert cli.main([*args, "--tile", "ndvi=x.nc"]) == 1
-    assert "unknown modality 'ndvi'" in caplog.text
+    assert cli.main([*args, "--tile", "sst=x.nc"]) == 1
+    assert "unknown modality 'sst'" in caplog.text
     assert not (tmp_path / "b.h5").exists()
 
 

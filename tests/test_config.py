@@ -95,14 +95,14 @@ def test_sources_come_from_the_registry(demo):
 
     del demo["levels"]
     assert validate_config(copy.deepcopy(demo))["levels"] == list(DEFAULT_LEVELS)
-    demo["sources"]["ndvi"] = {"mode": "sample"}
+    demo["sources"]["nosuch"] = {"mode": "sample"}
     with pytest.raises(
         ConfigError,
         match=r"key 'sources' breaks the schema rule "
-        r"'additionalProperties'.*'ndvi'",
+        r"'additionalProperties'.*'nosuch'",
     ):
         validate_config(demo)
-    del demo["sources"]["ndvi"]
+    del demo["sources"]["nosuch"]
     demo["sources"]["era5"]["mode"] = "download"
     assert validate_config(demo)["sources"]["era5"]["mode"] == "download"
     demo["plugins"] = ["no_such_plugin_module"]

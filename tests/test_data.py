@@ -12,7 +12,7 @@ import torch
 from bfm.contracts.batch import Batch, read_batch
 from bfm.contracts.layout import Layout, Normaliser
 from bfm.contracts.stats import load_stats
-from bfm.testing import GRID, LEVELS, PROVENANCE, SPECIES, write_sequence, write_stats
+from bfm.testing import BASE_GROUPS, GRID, LEVELS, PROVENANCE, SPECIES, write_sequence, write_stats
 from bfm.training.data import BatchPairs, pair_batches, time_features
 
 
@@ -104,7 +104,7 @@ def test_sample_carries_coordinates_and_time(tmp_path: Path) -> None:
 
 
 def test_layout_channel_order_is_variable_major() -> None:
-    layout = Layout(levels=LEVELS, species=SPECIES)
+    layout = Layout(levels=LEVELS, species=SPECIES, groups=BASE_GROUPS)
     labels = layout.channel_labels("atmospheric")
     assert labels[:4] == [("z", "500"), ("z", "850"), ("z", "1000"), ("t", "500")]
     assert layout.channel_labels("surface")[0] == ("t2m", None)
@@ -122,7 +122,7 @@ def test_layout_channel_order_is_variable_major() -> None:
 def test_normaliser_from_stats_orders_channels_like_the_layout(tmp_path: Path) -> None:
     paths = write_sequence(tmp_path, 2)
     stats = load_stats(write_stats(paths, tmp_path / "stats.json"))
-    layout = Layout(levels=LEVELS, species=SPECIES)
+    layout = Layout(levels=LEVELS, species=SPECIES, groups=BASE_GROUPS)
     norm = Normaliser.from_stats(stats, layout)
     assert norm.mean["atmospheric"].shape == (15,)
     np.testing.assert_array_equal(
@@ -140,7 +140,7 @@ def test_time_features() -> None:
 def test_layout_mismatch_is_reported(tmp_path: Path) -> None:
     paths = write_sequence(tmp_path, 2)
     stats = load_stats(write_stats(paths, tmp_path / "stats.json"))
-    other = Layout(levels=(500,), species=SPECIES)
+    other = Layout(levels=(500,), species=SPECIES, groups=BASE_GROUPS)
     with pytest.raises(ValueError, match="atmospheric/z have 3 channels"):
         BatchPairs(paths, stats, layout=other)
     # With a model's own normaliser the batches are checked when read.

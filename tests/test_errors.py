@@ -35,6 +35,7 @@ from bfm.pipeline import tiles as tile_step
 from bfm.provenance import provenance
 from bfm.sources import Study, base, era5, gbif, manifest
 from bfm.testing import (
+    BASE_GROUPS,
     GRID,
     LEVELS,
     PROVENANCE,
@@ -57,7 +58,7 @@ TINY = Grid(46.0, 47.0, 8.0, 9.0, 0.5)  # 3 x 3 cells, native ERA5 7 x 7
 WINDOW = ("2010-01-01", "2010-01-05")
 PROV = provenance(None, {"test": "errors"})
 SOURCES = {"era5": {"mode": "sample", "seed": 1}, "gbif": {"mode": "sample", "seed": 2}}
-LAYOUT = Layout(levels=LEVELS, species=SPECIES)
+LAYOUT = Layout(levels=LEVELS, species=SPECIES, groups=BASE_GROUPS)
 
 
 def study(sources: dict | None = None) -> Study:
@@ -183,8 +184,8 @@ def test_registering_a_modality_twice_or_a_group_twice_is_refused():
 
 
 def test_unknown_batch_group_names_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown batch group 'ndvi' \(known: \['surface'"):
-        catalogue.of_group("ndvi")
+    with pytest.raises(ValueError, match=r"unknown batch group 'sst' \(known: \['surface'"):
+        catalogue.of_group("sst")
 
 
 # --- channel layout and normaliser -------------------------------------------------------
@@ -199,8 +200,8 @@ def test_layout_refuses_groups_kinds_and_variables_of_other_lengths():
 
 
 def test_layout_names_an_unknown_group_and_its_groups():
-    with pytest.raises(ValueError, match=r"layout: no group 'ndvi' \(has \['surface', "):
-        LAYOUT.variables("ndvi")
+    with pytest.raises(ValueError, match=r"layout: no group 'sst' \(has \['surface', "):
+        LAYOUT.variables("sst")
 
 
 def test_model_layout_names_the_groups_a_batch_lacks(tmp_path):
@@ -256,8 +257,8 @@ def _edit(path: Path, edit) -> Path:
 
 
 def _add_unknown_group(f: h5py.File) -> None:
-    f.create_group("ndvi")
-    f.attrs["groups"] = json.dumps([*json.loads(f.attrs["groups"]), "ndvi"])
+    f.create_group("sst")
+    f.attrs["groups"] = json.dumps([*json.loads(f.attrs["groups"]), "sst"])
 
 
 @pytest.mark.parametrize(
@@ -270,7 +271,7 @@ def _add_unknown_group(f: h5py.File) -> None:
         (lambda f: f.__delitem__("longitude"), r"missing coordinate dataset 'longitude'"),
         (lambda f: f.__delitem__("atmospheric/level"), r"group 'atmospheric' lacks coordinate 'le"),
         (lambda f: f.__delitem__("species/species_key"), r"'species' lacks coordinate 'species_k"),
-        (_add_unknown_group, r"unknown batch group 'ndvi' \(known: "),
+        (_add_unknown_group, r"unknown batch group 'sst' \(known: "),
     ],
     ids=["three-times", "no-longitude", "no-level", "no-species-key", "unknown-group"],
 )
@@ -758,7 +759,7 @@ def test_a_batch_times_attribute_that_is_not_json_names_the_file(tmp_path):
 
 
 def test_meta_json_with_a_model_that_is_not_an_object_is_refused(tmp_path):
-    meta = mock_meta(build_config("tiny", Layout(levels=LEVELS, species=SPECIES)))
+    meta = mock_meta(build_config("tiny", LAYOUT))
     meta["model"] = None
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"meta\.json: missing key\(s\) \['model\.config'\]"):

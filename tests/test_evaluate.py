@@ -20,10 +20,10 @@ from bfm.contracts.batch import Batch
 from bfm.contracts.layout import Layout, Normaliser
 from bfm.evaluation.evaluate import squared_errors
 from bfm.model import BFM, build_config
-from bfm.testing import GRID, mock_meta, write_sequence
+from bfm.testing import BASE_GROUPS, GRID, mock_meta, write_sequence
 from bfm.training import checkpoint
 
-LAYOUT = Layout(levels=(500, 850), species=(7, 8))
+LAYOUT = Layout(levels=(500, 850), species=(7, 8), groups=BASE_GROUPS)
 BASE = {
     "t2m": 280.0,
     "msl": 101000.0,

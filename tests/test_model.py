@@ -14,11 +14,13 @@ from bfm.contracts.sample import ModelInput
 from bfm.model import BFM, ModelConfig, build_config, count_parameters, masked_mse
 from bfm.model import backbone as backbone_module
 from bfm.model.backbone import Swin3DBackbone, attention_mask
+from bfm.testing import BASE_GROUPS
 
-LAYOUT = Layout(levels=(500, 850, 1000), species=(11, 22))
+LAYOUT = Layout(levels=(500, 850, 1000), species=(11, 22), groups=BASE_GROUPS)
 EUROPE = Layout(
     levels=(50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000),
     species=(1, 2, 3, 4, 5, 6),
+    groups=BASE_GROUPS,
 )
 
 
@@ -158,7 +160,7 @@ def test_window_mask_blocks_padding_and_the_shift_seam() -> None:
 
 
 def test_masked_mse_known_answer() -> None:
-    layout = Layout(levels=(500, 850), species=(1,))
+    layout = Layout(levels=(500, 850), species=(1,), groups=BASE_GROUPS)
     shape = {g: (1, layout.n_channels(g), 2, 2) for g in layout.dynamic}
     pred = {g: torch.zeros(s) for g, s in shape.items()}
     target = {g: torch.zeros(s) for g, s in shape.items()}

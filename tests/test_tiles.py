@@ -382,10 +382,10 @@ def test_cli_bad_input_is_one_clean_error(tmp_path, caplog):
 def test_cli_names_unknown_modalities_and_sources(tmp_path, caplog):
     caplog.set_level(logging.ERROR)
     cfg = config_file(tmp_path)
-    assert run(f"tile ndvi --period 2010-01 --input x.nc --config {cfg} --out y.nc") == 1
-    assert "unknown modality 'ndvi' (known: ['era5_surface'" in caplog.text
-    assert run(f"sample xeno_canto a.json --config {cfg} --out y.json") == 1
-    assert "unknown source 'xeno_canto'" in caplog.text
+    assert run(f"tile sst --period 2010-01 --input x.nc --config {cfg} --out y.nc") == 1
+    assert "unknown modality 'sst' (known: ['era5_surface'" in caplog.text
+    assert run(f"sample nosuch a.json --config {cfg} --out y.json") == 1
+    assert "unknown source 'nosuch'" in caplog.text
 
 
 def test_help_is_plain_text_and_every_flag_has_help():

@@ -1,7 +1,8 @@
 """Mock data shared by the tests and the benchmarks: grids, batches, batch sequences,
 statistics, tiles and study configs, all synthetic and deterministic.
 
-Batches follow the catalogue (every group it defines, unless ``groups`` says otherwise). Field
+Batches follow the catalogue (the demo's groups, ``BASE_GROUPS``, unless ``groups`` says
+otherwise). Field
 values come from a ``ValueFn``: :func:`trend_values` (a smooth pattern plus a linear trend
 in time, so a model has something easy to learn: consecutive batches share their
 overlapping time exactly) or :func:`random_values` (seeded noise, counts Poisson).
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests and benchmarks
 GRID = Grid(lat_min=44.0, lat_max=48.0, lon_min=0.0, lon_max=6.0, res=0.5)  # 9 x 13
 EUROPE_GRID = Grid(lat_min=34.0, lat_max=72.0, lon_min=-30.0, lon_max=50.0, res=0.25)
 LEVELS = (500, 850, 1000)
+# The groups of the demo's sources (ERA5 and GBIF): what mock batches and layouts hold.
+BASE_GROUPS = ("surface", "static", "atmospheric", "species")
 SPECIES = (2435240, 5219173)
 PROVENANCE = {
     "bfm_version": "test",
@@ -90,11 +93,11 @@ def mock_batch(
     step: str = "1D",
     groups: Sequence[str] | None = None,
 ) -> Batch:
-    """The batch (t_k, t_k+1) of the given (default: every catalogue) groups."""
+    """The batch (t_k, t_k+1) of the given groups (default: ``BASE_GROUPS``)."""
     value = value or trend_values()
     lat, lon = grid.latitudes, grid.longitudes
     out: dict[str, dict[str, np.ndarray]] = {}
-    for g in groups or catalogue.groups():
+    for g in groups or BASE_GROUPS:
         spec = catalogue.of_group(g)
         n = {DimsKind.LEVEL: len(levels), DimsKind.SPECIES: len(species)}.get(spec.kind, 0)
         out[g] = {}

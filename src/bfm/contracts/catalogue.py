@@ -56,6 +56,7 @@ class RegridMethod(StrEnum):
     NEAREST = "nearest"  # the source cell holding the target cell's centre
     COUNT = "count"  # point observations counted per cell
     AREA_FRACTION = "area-fraction"  # polygon values mixed by the area they cover in a cell
+    POINTS = "points"  # an index over the point records in each cell (the source defines it)
 
 
 class VariableKind(StrEnum):
@@ -282,3 +283,40 @@ register(_M("species_occurrence", "gbif", "species", DimsKind.SPECIES, Cadence.E
     _V("occurrence", "1", "number of occurrence records", None, (0.0, math.inf),
        RegridMethod.COUNT, VariableKind.COUNT),
 ), "occurrence records per species"))  # fmt: skip
+
+# Land cover, land use and biodiversity indicators (yearly values of countries or points,
+# mapped onto the step by the yearly rule: the value of the year the step falls in).
+PERCENT = (0.0, 100.0)
+AF = RegridMethod.AREA_FRACTION
+register(_M("ndvi", "ndvi", "vegetation", DimsKind.TIME, Cadence.DEKADAL, (
+    _V("ndvi", "1", "normalized difference vegetation index (CLMS, dekadal)", None,
+       (-0.08, 0.936)),
+    _V("ndvi_valid_fraction", "1", "fraction of the cell with a valid NDVI value", None,
+       (0.0, 1.0)),
+), "Copernicus Global Land NDVI"))  # fmt: skip
+register(_M("land", "worldbank", "land", DimsKind.TIME, Cadence.YEARLY, (
+    _V("land_area", "km2", "land area of the country (World Bank AG.LND.TOTL.K2)", None,
+       (0.0, 2.0e7), AF),
+), "World Bank land area"))  # fmt: skip
+register(_M("agriculture", "worldbank", "agriculture", DimsKind.TIME, Cadence.YEARLY, (
+    _V("agricultural_land", "%", "agricultural land, % of land area (AG.LND.AGRI.ZS)", None,
+       PERCENT, AF),
+    _V("irrigated_land", "%", "agricultural irrigated land, % of agricultural land "
+       "(AG.LND.IRIG.AG.ZS)", None, PERCENT, AF),
+    _V("arable_land", "%", "arable land, % of land area (AG.LND.ARBL.ZS)", None, PERCENT, AF),
+    _V("permanent_cropland", "%", "permanent cropland, % of land area (AG.LND.CROP.ZS)", None,
+       PERCENT, AF),
+), "World Bank agricultural land use"))  # fmt: skip
+register(_M("forest", "worldbank", "forest", DimsKind.TIME, Cadence.YEARLY, (
+    _V("forest_area", "%", "forest area, % of land area (AG.LND.FRST.ZS)", None, PERCENT, AF),
+), "World Bank forest area"))  # fmt: skip
+register(_M("redlist", "redlist", "redlist", DimsKind.TIME, Cadence.YEARLY, (
+    _V("rli", "1", "Red List Index of the country (SDG 15.5.1, ER_RSK_LST)", None, (0.0, 1.0),
+       AF),
+    _V("rli_species", "1", "Red List Index of the study's species (Butchart et al. 2007)",
+       None, (0.0, 1.0), AF),
+), "Red List Index"))  # fmt: skip
+register(_M("lpi", "lpi", "lpi", DimsKind.TIME, Cadence.YEARLY, (
+    _V("lpi", "1", "Living Planet Index of the cell's populations (chain method, 1 in the "
+       "first year)", None, (0.0, 1.0e6), RegridMethod.POINTS),
+), "Living Planet Index"))  # fmt: skip

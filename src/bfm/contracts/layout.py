@@ -25,7 +25,7 @@ evaluation uses it to bring predictions back to physical units.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,14 +47,14 @@ class Layout:
     Attributes:
         levels: pressure levels in hPa of the level groups, ``(L,)``.
         species: GBIF keys of the species groups, ``(S,)``.
-        groups: the variable groups, in catalogue order (default: every catalogue group).
+        groups: the variable groups, in catalogue order.
         kinds: dims kind of each group (default: from the catalogue).
         variables: variable names of each group (default: from the catalogue).
     """
 
     levels: tuple[int, ...]
     species: tuple[int, ...]
-    groups: tuple[str, ...] = field(default_factory=catalogue.groups)
+    groups: tuple[str, ...]
     kinds: tuple[DimsKind, ...] = ()
     variables_of: tuple[tuple[str, ...], ...] = ()
 

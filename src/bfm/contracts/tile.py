@@ -79,6 +79,7 @@ AREA_METHOD = {
     RegridMethod.NEAREST: "area: point",
     RegridMethod.COUNT: "area: sum",
     RegridMethod.AREA_FRACTION: "area: mean",
+    RegridMethod.POINTS: "area: mean",
 }
 
 
