@@ -409,3 +409,17 @@ def test_help_is_plain_text_and_every_flag_has_help():
     assert set(commands.choices) == set(COMMANDS)
     assert len(actions) > 30
     assert all(a.help for _, a in actions), [(p, a.dest) for p, a in actions if not a.help]
+
+
+def test_the_yearly_rule_takes_the_year_of_each_step_and_never_carries_forward():
+    from bfm.sources.tiling import yearly_at
+
+    times = pd.DatetimeIndex(["2009-12-31", "2010-01-01", "2010-06-30", "2011-01-01", "2012-03-01"])
+    values = np.array([[1.0, 2.0], [3.0, np.nan], [5.0, 6.0]])  # 2009, 2010, 2012; no 2011
+    out = yearly_at(np.array([2009, 2010, 2012]), values, times)
+    np.testing.assert_array_equal(out[0], [1.0, 2.0])
+    np.testing.assert_array_equal(out[1:3], [[3.0, np.nan], [3.0, np.nan]])
+    assert np.isnan(out[3]).all()  # 2011: missing, not 2010's value
+    np.testing.assert_array_equal(out[4], [5.0, 6.0])
+    with pytest.raises(ValueError, match="repeated year"):
+        yearly_at(np.array([2010, 2010]), values[:2], times)

@@ -122,7 +122,12 @@ def test_a_configfile_replaces_the_demo_config(workdir):
     assert len(written) == 1, out.stderr
     resolved = yaml.safe_load(written[0].read_text())
     assert resolved == Plan(cfg).config
-    assert resolved["sources"]["era5"] == {"mode": "file", "path": "mine/era5", "seed": 0}
+    assert resolved["sources"]["era5"] == {
+        "mode": "file",
+        "path": "mine/era5",
+        "seed": 0,
+        "options": {},
+    }
     assert written[0].stem == Plan(cfg).hash
 
 

@@ -123,6 +123,14 @@ class Plan:
     def raw_settings(self, source: str, name: str) -> dict[str, Any]:
         return sources.get(source).raw_settings(name, self.study)
 
+    def services(self) -> list[str]:
+        """The remote services of the study's sources in download mode."""
+        found = (sources.get(s).service for s in self.sources_in_mode("download"))
+        return sorted({s for s in found if s})
+
+    def service_of(self, source: str) -> str | None:
+        return sources.get(source).service
+
     def raw_inputs(self, source: str, name: str) -> list[str]:
         """Files (besides the config) that writing raw file ``name`` reads."""
         return sources.get(source).raw_inputs(name, self.study)

@@ -59,6 +59,14 @@ def get_raw_inputs(wildcards):
     return PLAN.raw_inputs(wildcards.source, wildcards.name)
 
 
+def net_resource(service):
+    """1 for a download from ``service``: --resources net_<service>=N caps them at N."""
+    return lambda wildcards: int(PLAN.service_of(wildcards.source) == service)
+
+
+NET_RESOURCES = {f"net_{s}": net_resource(s) for s in PLAN.services()}
+
+
 def get_raw_settings(wildcards):
     return PLAN.raw_settings(wildcards.source, wildcards.name)
 

@@ -1,6 +1,12 @@
 # Raw source files, written once over the registered sources. In `sample` mode a source
 # writes deterministic synthetic files in its own format, in `download` mode it fetches them
 # from its service; in `file` mode the raw files are the user's and neither rule runs.
+# Downloads run in the Snakemake process's machine (compute nodes have no internet), at most
+# --resources net_<service>=N at a time per service.
+
+
+localrules:
+    download,
 
 
 rule sample:
@@ -35,6 +41,8 @@ rule download:
         source=one_of(PLAN.sources_in_mode("download")),
     conda:
         "../../envs/sources.yaml"
+    resources:
+        **NET_RESOURCES,
     params:
         settings=get_raw_settings,
         config=get_config_file,

@@ -3,7 +3,7 @@
 Importing this package registers the built-in sources; ``get(name)`` returns one.
 """
 
-from bfm.sources import era5, gbif  # noqa: F401  (registers the built-in sources)
+from bfm.sources import era5, gbif, lpi, ndvi, redlist, worldbank  # noqa: F401  (registers them)
 from bfm.sources.base import MODES, NotOffered, Source, Study, get, names, register
 
 __all__ = ["MODES", "NotOffered", "Source", "Study", "get", "names", "register"]

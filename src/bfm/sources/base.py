@@ -84,6 +84,10 @@ class Study:
             raise ValueError(f"config: key 'sources.{source}' is not set")
         return self.sources[source]
 
+    def options(self, source: str) -> Mapping[str, Any]:
+        """``sources.<source>.options``: the source's own settings (its module documents them)."""
+        return self.settings(source).get("options", {})
+
     def times_in(self, period: str) -> pd.DatetimeIndex:
         """The model times of a tile period (none for ``static``)."""
         if period == catalogue.STATIC_PERIOD:
@@ -96,11 +100,20 @@ class Study:
 
 
 class Source(ABC):
-    """One data source; see the module docstring for the contract of each method."""
+    """One data source; see the module docstring for the contract of each method.
+
+    Attributes:
+        name: the registry name (config key ``sources.<name>``).
+        licence, citation: of the source's data (tiles and manifests record them).
+        service: the remote service ``download`` talks to (None: no download). The workflow
+            limits concurrent downloads per service with the Snakemake resource
+            ``net_<service>`` (``--resources net_cds=4``).
+    """
 
     name: ClassVar[str]
     licence: ClassVar[str]
     citation: ClassVar[str]
+    service: ClassVar[str | None] = None
 
     def modalities(self) -> tuple[Modality, ...]:
         return catalogue.of_source(self.name)

@@ -168,3 +168,21 @@ def gridded_tile(
 
 def _methods(modality: Modality) -> str:
     return ", ".join(f"{v.name} {v.regrid.value}" for v in modality.variables)
+
+
+def yearly_at(years: np.ndarray, values: np.ndarray, times: pd.DatetimeIndex) -> np.ndarray:
+    """The yearly rule: at each model time, the value of the year the time falls in.
+
+    ``years`` (Y,) ints, ``values`` (Y, ...) with NaN where the source has no value; the
+    result is (T, ...), NaN for a time whose year the source lacks: a value is never carried
+    forward or back from another year.
+    """
+    years = np.asarray(years)
+    if len(set(years.tolist())) != len(years):
+        raise ValueError(f"yearly values: repeated year in {sorted(years.tolist())}")
+    index = {int(y): i for i, y in enumerate(years)}
+    out = np.full((len(times), *values.shape[1:]), np.nan)
+    for k, year in enumerate(pd.DatetimeIndex(times).year):
+        if int(year) in index:
+            out[k] = values[index[int(year)]]
+    return out

@@ -1,0 +1,1 @@
+"""lpi source (being written: see the climate-and-land-sources issue)."""

@@ -1,0 +1,1 @@
+"""ndvi source (being written: see the climate-and-land-sources issue)."""

@@ -1,0 +1,1 @@
+"""redlist source (being written: see the climate-and-land-sources issue)."""

@@ -1,0 +1,1 @@
+"""worldbank source (being written: see the climate-and-land-sources issue)."""
