@@ -145,3 +145,26 @@ def test_held_out_scores_and_report(demo_run):
     # Each reported file comes with its caption.
     assert "Training loss (NaN-masked, normalised mean squared error" in page
     assert "Root-mean-square error on the held-out batches" in page
+
+
+def cf_errors(path: Path) -> list[str]:
+    """What the IOOS compliance checker (CF 1.10) reports as errors for a netCDF file."""
+    import tempfile
+
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    CheckSuite.load_all_available_checkers()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "cf.json"
+        ComplianceChecker.run_checker(str(path), ["cf:1.10"], 0, "normal",
+                                      output_filename=str(out), output_format="json")  # fmt: skip
+        report = json.loads(out.read_text())["cf:1.10"]
+    return [f"{p['name']}: {m}" for p in report["high_priorities"] for m in p["msgs"]]
+
+
+@pytest.mark.slow
+def test_every_tile_of_the_demo_is_cf_compliant(demo_run):
+    tiles = sorted((demo_run / "results/tiles").rglob("*.nc"))
+    assert tiles
+    errors = {str(t.relative_to(demo_run)): cf_errors(t) for t in tiles}
+    assert not any(errors.values()), {k: v for k, v in errors.items() if v}

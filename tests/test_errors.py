@@ -327,10 +327,22 @@ def test_training_pairs_refuse_a_batch_on_another_grid(tmp_path):
         (
             "species_occurrence",
             lambda ds: ds.drop_vars("scientific_name"),
-            r"missing variable 'scientific_name'",
+            r"missing coordinate 'scientific_name'",
+        ),
+        (
+            "species_occurrence",
+            lambda ds: ds.drop_vars("species_key"),
+            r"missing coordinate 'species_key'",
         ),
     ],
-    ids=["no-latitude", "shifted-longitude", "no-level", "no-time", "no-scientific-name"],
+    ids=[
+        "no-latitude",
+        "shifted-longitude",
+        "no-level",
+        "no-time",
+        "no-scientific-name",
+        "no-species-key",
+    ],
 )
 def test_tile_validation_names_the_tile_and_the_field(tmp_path, modality, edit, message):
     ds = edit(mock_tile(modality, GRID))

@@ -196,19 +196,19 @@ def test_species_tile_time_rule_and_dropped_records(tmp_path):
         ],
         tmp_path,
     )
-    tile = species_tile(df, "6h")
+    tile = species_tile(df, "6h").set_xindex("species_key")
     occ = tile["occurrence"]
     assert occ.dims == ("time", "species", "latitude", "longitude") and occ.dtype == np.float32
-    assert tile["species"].dtype == np.int64
-    assert tile["scientific_name"].sel(species=fox).item() == "Vulpes vulpes"
+    assert tile["species_key"].dtype == np.int64 and "species" not in tile.variables
+    assert tile["scientific_name"].sel(species_key=fox).item() == "Vulpes vulpes"
     row, col = (int(i) for i in HALF.index_of(47.0, 9.0))
-    fox_cell = occ.sel(species=fox).isel(latitude=row, longitude=col)
+    fox_cell = occ.sel(species_key=fox).isel(latitude=row, longitude=col)
     assert fox_cell.sel(time="2010-01-05T00:00").item() == 2
     assert fox_cell.sel(time="2010-01-05T06:00").item() == 1
-    assert occ.sel(species=wolf).sum().item() == 1
+    assert occ.sel(species_key=wolf).sum().item() == 1
     assert occ.sum().item() == 4
-    daily = species_tile(df, "1D")
-    assert daily["occurrence"].sel(time="2010-01-05", species=fox).sum().item() == 3
+    daily = species_tile(df, "1D").set_xindex("species_key")
+    assert daily["occurrence"].sel(time="2010-01-05", species_key=fox).sum().item() == 3
 
 
 def test_species_counts_are_conserved_over_the_window(raw_dir, tmp_path):

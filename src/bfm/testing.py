@@ -213,8 +213,8 @@ def mock_tile(
     if spec.kind == DimsKind.LEVEL:
         coords["level"] = np.array(levels, np.int64)
     if spec.kind == DimsKind.SPECIES:
-        coords["species"] = np.array(species, np.int64)
-        data["scientific_name"] = (
+        coords["species_key"] = ("species", np.array(species, np.int64))
+        coords["scientific_name"] = (
             "species",
             np.array([f"Species {s}" for s in species], dtype=object),
         )

@@ -5,8 +5,10 @@ has one tile, ``static.nc``. Which modalities exist, their dims, variables, unit
 come from ``bfm.contracts.catalogue``; the per-source builders that make tiles live in
 ``bfm.sources`` (each source's ``to_tile``).
 
-Coordinates: ``time`` (datetime), ``level`` (int hPa, ascending), ``species`` (int64 GBIF
-keys, with a ``scientific_name`` string variable), ``latitude`` (descending), ``longitude``.
+Coordinates: ``time`` (datetime), ``level`` (int hPa, ascending), ``latitude`` (descending),
+``longitude``; a species modality's ``species`` dimension has no coordinate variable (the keys
+are in the study's order, not sorted, and a CF coordinate variable must be monotonic) but the
+auxiliary coordinates ``species_key`` (int64 GBIF keys) and ``scientific_name``.
 Data variables are float32 with ``units``, ``long_name``, ``standard_name`` where CF has one,
 ``cell_methods``, a NaN ``_FillValue`` and two quality counts (``n_out_of_range``: native
 values outside the variable's valid range that were set missing; ``n_incomplete``: native
@@ -59,6 +61,7 @@ VALID_RANGE_RULE = (
 )
 INSTITUTION = "Biodiversity Foundation Model (BFM) pipeline"
 QC_SUFFIX = ".qc.json"
+SPECIES_KEY = "species_key"  # the auxiliary coordinate of a tile's species dimension
 QC_COUNTS = ("n_out_of_range", "n_incomplete")
 REQUIRED_ATTRS = ("Conventions", "title", "modality", "source", "licence", "citation", "history",
                   "institution", "grid", "time_rule", "bfm_version", "git_commit",
@@ -71,7 +74,8 @@ COORD_ATTRS = {
                  "axis": "Y"},
     "longitude": {"units": "degrees_east", "standard_name": "longitude",
                   "long_name": "longitude", "axis": "X"},
-    "species": {"long_name": "GBIF species key"},
+    "species_key": {"long_name": "GBIF species key"},
+    "scientific_name": {"long_name": "scientific name of the species"},
 }  # fmt: skip
 AREA_METHOD = {
     RegridMethod.CONSERVATIVE: "area: mean",
@@ -195,11 +199,12 @@ def validate_tile(ds: xr.Dataset, modality: str, where: str, values: bool = Fals
                 f"{where}: variable {name!r} has dims {ds[name].dims} and dtype "
                 f"{ds[name].dtype}, expected {spec.tile_dims} float32"
             )
-    for coord in set(spec.tile_dims) - {"latitude", "longitude"}:
+    needed = set(spec.tile_dims) - {"latitude", "longitude", "species"}
+    if spec.kind == DimsKind.SPECIES:
+        needed |= {SPECIES_KEY, "scientific_name"}
+    for coord in sorted(needed):
         if coord not in ds.coords:
             raise ValueError(f"{where}: missing coordinate {coord!r}")
-    if spec.kind == DimsKind.SPECIES and "scientific_name" not in ds.variables:
-        raise ValueError(f"{where}: missing variable 'scientific_name'")
     if values:
         _check_values(ds, spec, where)
     return grid

@@ -26,7 +26,7 @@ from bfm.contracts import catalogue
 from bfm.contracts.batch import Batch, write_batch
 from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.grid import Grid
-from bfm.contracts.tile import open_tile
+from bfm.contracts.tile import SPECIES_KEY, open_tile
 from bfm.contracts.timeaxis import next_time, parse_t0
 from bfm.provenance import provenance
 from bfm.workflow import Plan, load_plan
@@ -67,7 +67,7 @@ def assemble(t0: pd.Timestamp, step: str, grid: Grid, tiles: Mapping[str, xr.Dat
         if spec.kind == DimsKind.LEVEL:
             levels = ds["level"].values.astype(np.int64)
         if spec.kind == DimsKind.SPECIES:
-            species = ds["species"].values.astype(np.int64)
+            species = ds[SPECIES_KEY].values.astype(np.int64)
         missing = [v for v in spec.variable_names if v not in ds]
         if missing:
             raise ValueError(f"{name}: tile lacks variable(s) {missing}")

@@ -503,11 +503,12 @@ class GBIF(Source):
         counts = regrid.count_points(lat, lon, study.grid, group, len(times) * len(keys))
         counts = counts.reshape(len(times), len(keys), *study.grid.shape).astype(np.float32)
         (var,) = modality.variable_names
+        names = native["scientific_name"].values
         ds = xr.Dataset(
-            {var: (modality.tile_dims, counts), "scientific_name": native["scientific_name"]},
-            coords={"time": times, "species": keys},
+            {var: (modality.tile_dims, counts)},
+            coords={"time": times, contract.SPECIES_KEY: ("species", keys),
+                    "scientific_name": ("species", names)},
         )
-        ds["scientific_name"].attrs["long_name"] = "scientific name of the species"
         attrs = {
             "source": f"GBIF occurrence download, SIMPLE_CSV ({Path(where).name})",
             "licence": native.attrs.get("licence", LICENCE),
