@@ -293,5 +293,6 @@ def country_tile(
         f"rasterised by area fraction ({Path(boundaries).name}), each step taking the value "
         "of its year (missing where the source has none; never carried forward)",
         "step": study.step,
+        "time_rule": contract.YEARLY_RULE,
     }
     return contract.finish(ds, modality, grid, period, attrs, prov)

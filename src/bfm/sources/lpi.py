@@ -182,6 +182,7 @@ class LPI(Source):
             "citation": lpd.CITATION,
             "history": _history(counts, method),
             "step": study.step,
+            "time_rule": contract.YEARLY_RULE,
         }
         return contract.finish(ds, modality, grid, period, attrs, prov, "time: point")
 

@@ -308,6 +308,12 @@ class RedList(Source):
     def raw_inputs(self, name: str, study: Study) -> list[str]:
         return [study.species] if name == IUCN_FILE else []
 
+    def tile_inputs(self, modality: Modality, study: Study) -> list[str]:
+        o = options(study)
+        files = [str(countries.resource(o["boundaries"])), str(countries.resource(o["codes"])),
+                 study.species]  # fmt: skip
+        return files + ([str(o["categories"])] if o["categories"] else [])
+
     def user_file(self, path: str, name: str) -> str:
         given = Path(path)
         is_file = given.suffix in (".json", ".csv")

@@ -204,6 +204,10 @@ class WorldBank(Source):
         years = window_years(study)
         return {"source": dict(study.settings(self.name)), "years": [years[0], years[-1]]}
 
+    def tile_inputs(self, modality: Modality, study: Study) -> list[str]:
+        o = options(study)
+        return [str(countries.resource(o["boundaries"])), str(countries.resource(o["codes"]))]
+
     def user_file(self, path: str, name: str) -> str:
         folder, code = Path(path), parse_name(name)
         if (folder / name).exists():
