@@ -135,3 +135,15 @@ def test_a_cut_json_body_is_retried_and_headers_survive_retries(httpserver: HTTP
     with pytest.raises(DownloadError) as err:
         c.json("GET", httpserver.url_for("/gone"), "u")
     assert err.value.status == 404
+
+
+def test_requests_keep_the_services_courtesy_interval(httpserver: HTTPServer):
+    serve(httpserver, "/p", json_response({"ok": True}))
+    waits: list[float] = []
+    now = [100.0]
+    c = Client(Service("polite", min_interval=1.0), sleep=waits.append)
+    c.clock = lambda: now[0]
+    for _ in range(3):
+        c.json("GET", httpserver.url_for("/p"), "page")
+        now[0] += 0.25  # each answer takes a quarter second
+    assert waits == [0.75, 0.75] and c.requests == 3

@@ -61,6 +61,8 @@ class Service:
         backoff: seconds before the first retry (doubled each time) without Retry-After.
         max_wait: the longest wait between attempts, in seconds.
         timeout: seconds to wait for a connection and for each read.
+        min_interval: the fewest seconds between the starts of two requests of one client
+            (a service's courtesy limit: 1.0 is at most 60 requests a minute).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Service:
     backoff: float = 2.0
     max_wait: float = 300.0
     timeout: float = 60.0
+    min_interval: float = 0.0
 
 
 Sleep = Callable[[float], None]
@@ -111,6 +114,18 @@ class Client:
         if auth is not None:
             self.session.auth = auth
         self.sleep = sleep
+        self.clock: Callable[[], float] = time.monotonic
+        self._last: float | None = None
+        self.requests = 0  # requests sent (the daily budgets of some services count them)
+
+    def _pace(self) -> None:
+        """Wait until ``min_interval`` has passed since the previous request started."""
+        gap = self.service.min_interval
+        if gap > 0 and self._last is not None:
+            wait = self._last + gap - self.clock()
+            if wait > 0:
+                self.sleep(wait)
+        self._last = self.clock()
 
     def _wait(self, attempt: int, response: requests.Response | None, unit: str,
               why: str) -> None:  # fmt: skip
@@ -127,6 +142,8 @@ class Client:
         kwargs.setdefault("timeout", s.timeout)
         for attempt in range(s.retries + 1):
             response = None
+            self._pace()
+            self.requests += 1
             try:
                 response = self.session.request(method, url, **kwargs)
             except requests.RequestException as err:  # no answer, or a body cut short
