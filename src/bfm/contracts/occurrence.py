@@ -79,6 +79,10 @@ class Reason(StrEnum):
     OUTSIDE_WINDOW = "outside_window"  # before the study's start or after its end
     CORRUPT_MEDIA = "corrupt_media"
     TOO_LARGE_MEDIA = "too_large_media"
+    MEDIA_UNAVAILABLE = "media_unavailable"  # the medium's URL answers 403/404/410
+    MEDIA_NOT_OPEN = "media_not_open"  # all rights reserved, or an unknown licence
+    UNREADABLE_LINE = "unreadable_line"  # a raw line that is not a record (bad JSON, ...)
+    NO_DESCRIPTION = "no_description"  # a species the description service does not know
 
 
 class Quarantine:
