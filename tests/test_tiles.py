@@ -13,11 +13,12 @@ import xarray as xr
 import yaml
 
 from bfm.cli import main
-from bfm.contracts import catalogue
+from bfm.contracts import catalogue, occurrence, timeaxis
 from bfm.contracts import tile as tiles
 from bfm.contracts.grid import Grid
 from bfm.provenance import provenance
 from bfm.sources import Study, era5, gbif
+from bfm.sources import occurrences as occurrences_source
 from bfm.testing import demo_config
 
 # A 0.25 deg target equals its native grid (identity regridding): the time rule is then
@@ -28,7 +29,9 @@ WINDOW = ("2010-01-01", "2010-02-28")
 PROV = provenance(None, {"test": "tiles"})
 SPECIES_CSV = Path(__file__).resolve().parents[1] / "resources" / "species.csv"
 ERA5, GBIF = era5.ERA5(), gbif.GBIF()
-SOURCES = {"era5": {"mode": "sample", "seed": 5}, "gbif": {"mode": "sample", "seed": 2}}
+SOURCES = {"era5": {"mode": "sample", "seed": 5}, "gbif": {"mode": "sample", "seed": 2},
+           "occurrences": {"mode": "combine"}}  # fmt: skip
+OCCURRENCES = occurrences_source.Occurrences()
 
 
 def study(step: str = "1D", grid: Grid = HALF) -> Study:
@@ -164,27 +167,40 @@ def test_static_tile(raw_dir):
     assert "time" not in tile.dims and "no time" in tile.attrs["time_rule"]
 
 
-def occurrences(rows: list[tuple], tmp_path: Path) -> xr.Dataset:
-    """The native (opened) form of a SIMPLE_CSV file holding ``rows``."""
+def cleaned(path: Path) -> pd.DataFrame:
+    """The records of a SIMPLE_CSV file after the contract's cleaning (as ``combine`` does)."""
+    table, _, q = gbif.records(path, gbif.read_species(SPECIES_CSV))
+    return occurrence.clean(table, q)
+
+
+def occurrences(rows: list[tuple], tmp_path: Path) -> pd.DataFrame:
+    """The cleaned records of a SIMPLE_CSV file holding ``rows``."""
     table = pd.DataFrame({c: [""] * len(rows) for c in gbif.SIMPLE_CSV_COLUMNS})
+    names = gbif.read_species(SPECIES_CSV).set_index("gbif_key")["scientific_name"]
     for i, name in enumerate(
         ("speciesKey", "decimalLatitude", "decimalLongitude", "eventDate", "occurrenceStatus")
     ):
         table[name] = [str(r[i]) for r in rows]
+    table["species"] = [names.get(r[0], "Felis catus") for r in rows]
+    table["gbifID"] = [str(i) for i in range(len(rows))]
     path = tmp_path / "0000009-240101000000.csv"
     table.to_csv(path, sep="\t", index=False)
-    return GBIF.open([path], catalogue.modality("species_occurrence"), study())
+    return cleaned(path)
 
 
-def species_tile(native: xr.Dataset, step: str, period: str = "2010-01") -> xr.Dataset:
-    return GBIF.to_tile(native, catalogue.modality("species_occurrence"), study(step), period, PROV)
+def species_tile(table: pd.DataFrame, step: str, period: str = "2010-01") -> xr.Dataset:
+    s = study(step)
+    times = s.times_in(period)
+    ends = times + timeaxis.offset(step)
+    modality = catalogue.modality("species_occurrence")
+    return OCCURRENCES.count(table, modality, s, times, ends, period, PROV, "records.parquet")
 
 
 def test_species_tile_time_rule_and_dropped_records(tmp_path):
     fox, wolf = 5219243, 5219173
     df = occurrences(
         [
-            (fox, 47.0, 9.0, "2010-01-05", "PRESENT"),  # date only: 00:00
+            (fox, 47.0, 9.0, "2010-01-05", "PRESENT"),  # date only: a day, not 00 UTC
             (fox, 47.0, 9.0, "2010-01-05T05:59:59", "PRESENT"),
             (fox, 47.0, 9.0, "2010-01-05T06:00:00", "PRESENT"),
             (wolf, 46.1, 8.1, "2010-01-31T23:00:00", "PRESENT"),
@@ -203,26 +219,25 @@ def test_species_tile_time_rule_and_dropped_records(tmp_path):
     assert tile["scientific_name"].sel(species_key=fox).item() == "Vulpes vulpes"
     row, col = (int(i) for i in HALF.index_of(47.0, 9.0))
     fox_cell = occ.sel(species_key=fox).isel(latitude=row, longitude=col)
-    assert fox_cell.sel(time="2010-01-05T00:00").item() == 2
+    assert fox_cell.sel(time="2010-01-05T00:00").item() == 1  # the day is excluded at 6h
     assert fox_cell.sel(time="2010-01-05T06:00").item() == 1
     assert occ.sel(species_key=wolf).sum().item() == 1
-    assert occ.sum().item() == 4
+    assert occ.sum().item() == 3
+    assert tile.attrs["n_records_coarser_than_step"] == "1"
     daily = species_tile(df, "1D").set_xindex("species_key")
     assert daily["occurrence"].sel(time="2010-01-05", species_key=fox).sum().item() == 3
 
 
 def test_species_counts_are_conserved_over_the_window(raw_dir, tmp_path):
-    records = gbif.open(raw_dir / "occ.zip")
-    native = GBIF.open([raw_dir / "occ.zip"], catalogue.modality("species_occurrence"), study())
+    records = cleaned(raw_dir / "occ.zip")
     total = 0.0
     for period in ("2010-01", "2010-02"):
-        tile = species_tile(native, "1D", period)
+        tile = species_tile(records, "1D", period)
         path = tiles.write_tile(tile, tmp_path / f"{period}.nc")
         with tiles.open_tile(path, "species_occurrence") as ds:
             total += float(ds["occurrence"].sum())
-            assert "GBIF Occurrence Download" in ds.attrs["citation"]
-            assert ds.attrs["licence"] == "CC BY 4.0"
-    inside = HALF.contains(records["decimalLatitude"].values, records["decimalLongitude"].values)
+            assert "gbif" in ds.attrs["source"]
+    inside = HALF.contains(records["latitude"].values, records["longitude"].values)
     assert total == inside.sum() == len(records) > 0
 
 
@@ -313,17 +328,22 @@ def run(command: str) -> int:
     return main(command.split())
 
 
-def test_cli_sample_and_tile_end_to_end(tmp_path):
+def test_cli_sample_and_tile_end_to_end(tmp_path, monkeypatch):
     raw, out, cfg = tmp_path / "raw", tmp_path / "tiles", config_file(tmp_path)
     for name in ("surface/2010-02.nc", "atmospheric/2010-02.nc", "static/static.nc"):
         assert run(f"sample era5 {name} --config {cfg} --out {raw}/era5/{name}") == 0
     assert (raw / "era5/surface/2010-02.nc.manifest.json").exists()
-    assert run(f"sample gbif occurrences.zip --config {cfg} --out {raw}/gbif/occ.zip") == 0
+    raw_gbif = Path("results/raw/gbif/occurrences.zip")  # combine reads the raw folder
+    monkeypatch.chdir(tmp_path)
+    assert run(f"sample gbif occurrences.zip --config {cfg} --out {raw_gbif}") == 0
+    assert run(f"combine occurrences records.parquet --config {cfg} --out "
+               f"{raw}/occurrences/records.parquet") == 0  # fmt: skip
+    assert (raw / "occurrences/records.parquet.quarantine.json").is_file()
     inputs = {
         "era5_surface": "era5/surface/2010-02.nc",
         "era5_static": "era5/static/static.nc",
         "era5_atmospheric": "era5/atmospheric/2010-02.nc",
-        "species_occurrence": "gbif/occ.zip",
+        "species_occurrence": "occurrences/records.parquet",
     }
     for modality, name in inputs.items():
         period = "2010-02" if catalogue.modality(modality).periodic else "static"

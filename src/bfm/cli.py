@@ -19,6 +19,7 @@ from bfm import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("bfm.pipeline.raw:register_sample", "write a synthetic raw file of a source"),
     "download": ("bfm.pipeline.raw:register_download", "download a raw file of a source"),
+    "combine": ("bfm.pipeline.raw:register_combine", "combine other sources' raw files"),
     "tile": ("bfm.pipeline.tiles", "regrid raw source files into a CF NetCDF tile"),
     "batch": ("bfm.pipeline.batches", "assemble one bfm-batch/1 HDF5 file from tiles"),
     "stats": ("bfm.pipeline.stats", "normalisation statistics over training batches"),

@@ -84,9 +84,36 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
             f"'{err.validator}' ({_key(err.absolute_schema_path)}): {err.message}"
         )
     resolved = copy.deepcopy(config)
+    _add_combined_sources(resolved)
     _fill_defaults(schema, resolved, schema)
+    _check_modes(resolved, source)
     _check_cross_keys(resolved, source)
     return resolved
+
+
+def _add_combined_sources(config: dict[str, Any]) -> None:
+    """A study with occurrence sources combines them (``sources.occurrences``, mode
+    ``combine``) unless the config says how."""
+    from bfm import sources
+    from bfm.sources.occurrence_base import COMBINED_BY as NAME
+    from bfm.sources.occurrence_base import OccurrenceSource
+
+    configured = config.get("sources", {})
+    if NAME not in configured and any(
+        isinstance(sources.get(s), OccurrenceSource) for s in configured
+    ):
+        configured[NAME] = {"mode": "combine"}
+
+
+def _check_modes(config: dict[str, Any], source: str) -> None:
+    from bfm import sources
+
+    for name, settings in config["sources"].items():
+        combines = sources.get(name).combines
+        if combines != (settings["mode"] == "combine"):
+            want = "'combine'" if combines else "sample, download or file"
+            raise ConfigError(f"{source}: key 'sources.{name}.mode' is {settings['mode']!r}; "
+                              f"source {name} takes {want}")  # fmt: skip
 
 
 def _check_cross_keys(config: dict[str, Any], source: str) -> None:

@@ -49,3 +49,24 @@ rule download:
     shell:
         "bfm download {wildcards.source} {wildcards.name} --config {params.config}"
         " --out {output} > {log} 2>&1"
+
+
+rule combine:
+    """One raw file built from other sources' raw files (occurrences: every occurrence
+    source's records, cleaned, set aside and counted, each occurrence once)."""
+    input:
+        get_raw_inputs,
+    output:
+        "results/raw/{source}/{name}",
+    log:
+        "logs/combine/{source}/{name}.log",
+    wildcard_constraints:
+        source=one_of(PLAN.sources_in_mode("combine")),
+    conda:
+        "../../envs/sources.yaml"
+    params:
+        settings=get_raw_settings,
+        config=get_config_file,
+    shell:
+        "bfm combine {wildcards.source} {wildcards.name} --config {params.config}"
+        " --out {output} > {log} 2>&1"

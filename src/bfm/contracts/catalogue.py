@@ -279,7 +279,7 @@ register(_M("era5_atmospheric", "era5", "atmospheric", DimsKind.LEVEL, Cadence.S
     _V("v", "m s-1", "northward wind", "northward_wind", WIND),
     _V("q", "kg kg-1", "specific humidity", "specific_humidity", (-1e-3, 0.05)),
 ), "ERA5 pressure-level weather"))  # fmt: skip
-register(_M("species_occurrence", "gbif", "species", DimsKind.SPECIES, Cadence.EVENT, (
+register(_M("species_occurrence", "occurrences", "species", DimsKind.SPECIES, Cadence.EVENT, (
     _V("occurrence", "1", "number of occurrence records", None, (0.0, math.inf),
        RegridMethod.COUNT, VariableKind.COUNT),
 ), "occurrence records per species"))  # fmt: skip

@@ -131,8 +131,10 @@ class Quarantine:
     def n_dropped(self) -> int:
         return sum(self.dropped.values())
 
-    def report(self, kept: int | None = None) -> dict[str, Any]:
+    def report(self, kept: int | None = None, extra: Mapping[str, Any] | None = None
+               ) -> dict[str, Any]:  # fmt: skip
         return {
+            **(extra or {}),
             "schema": QUARANTINE_SCHEMA,
             "output": self.where,
             "read": self.read,
@@ -141,11 +143,12 @@ class Quarantine:
             "examples": dict(sorted(self.examples.items())),
         }
 
-    def write(self, output: str | Path, kept: int | None = None) -> Path:
-        """Write ``<output>.quarantine.json`` and return its path."""
+    def write(self, output: str | Path, kept: int | None = None,
+              extra: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
+        """Write ``<output>.quarantine.json`` (``extra``: more keys) and return its path."""
         path = quarantine_path(output)
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.report(kept), indent=1) + "\n")
+            tmp.write_text(json.dumps(self.report(kept, extra), indent=1) + "\n")
         return path
 
     def summary(self) -> str:

@@ -28,7 +28,7 @@ def write_raw(mode: str, source: str, name: str, out: str | Path, plan: Plan) ->
     if source not in plan.config["sources"]:
         raise ValueError(f"{source}: not a source of this study (config key 'sources')")
     began = time.perf_counter()
-    write = src.sample if mode == "sample" else src.download
+    write = {"sample": src.sample, "download": src.download, "combine": src.combine}[mode]
     path = write(name, Path(out), plan.study)
     log.info("%s %s %s -> %s in %.1f s", mode, source, name, path, time.perf_counter() - began)
     return path
@@ -56,3 +56,7 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
 
 def register_download(sub: argparse._SubParsersAction) -> None:
     _register(sub, "download", "download a raw file from a source's service")
+
+
+def register_combine(sub: argparse._SubParsersAction) -> None:
+    _register(sub, "combine", "write a raw file from other sources' raw files (occurrences)")

@@ -39,11 +39,7 @@ def build_tile(
     period = period_of_tile(modality, period)
     src = sources.get(modality.source)
     prov = provenance(plan.config, plan.tile_settings(modality))
-    native = src.open(inputs, modality, plan.study)
-    try:
-        return src.to_tile(native, modality, plan.study, period, prov)
-    finally:
-        native.close()
+    return src.tile(inputs, modality, plan.study, period, prov)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -3,7 +3,18 @@
 Importing this package registers the built-in sources; ``get(name)`` returns one.
 """
 
-from bfm.sources import era5, gbif, lpi, ndvi, redlist, worldbank  # noqa: F401  (registers them)
+from bfm.sources import (  # noqa: F401  (registers them)
+    bold,
+    era5,
+    gbif,
+    inaturalist,
+    lpi,
+    ndvi,
+    occurrences,
+    redlist,
+    worldbank,
+    xenocanto,
+)
 from bfm.sources.base import MODES, NotOffered, Source, Study, get, names, register
 
 __all__ = ["MODES", "NotOffered", "Source", "Study", "get", "names", "register"]

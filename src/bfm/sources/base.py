@@ -14,7 +14,11 @@ A source is one module (``bfm/sources/<name>.py``, or a plugin module named in t
   manifest); :class:`NotOffered` until the source has a downloader;
 - ``open(files, modality, study)``: read raw files into a normalised native ``xr.Dataset``;
 - ``to_tile(native, modality, study, period, prov)``: pure, native Dataset -> tile Dataset on
-  the study's grid and time axis (``bfm.contracts.tile``).
+  the study's grid and time axis (``bfm.contracts.tile``); ``tile(files, ...)`` is
+  ``to_tile(open(files))`` unless a source reads only part of its files per period.
+
+A source that ``combines`` others (``occurrences``: mode ``combine``) writes its raw file from
+their raw files (its ``raw_inputs``) with ``combine(name, out, study)``.
 
 Only ``download`` touches the network. Modules import xarray and other heavy libraries inside
 the functions that need them: the workflow reads ``raw_names`` and ``raw_settings`` while
@@ -38,7 +42,7 @@ from bfm.contracts.grid import Grid
 if TYPE_CHECKING:
     import xarray as xr
 
-MODES = ("sample", "download", "file")
+MODES = ("sample", "download", "file", "combine")
 
 
 class NotOffered(ValueError):
@@ -114,6 +118,7 @@ class Source(ABC):
     licence: ClassVar[str]
     citation: ClassVar[str]
     service: ClassVar[str | None] = None
+    combines: ClassVar[bool] = False
 
     def modalities(self) -> tuple[Modality, ...]:
         return catalogue.of_source(self.name)
@@ -159,6 +164,20 @@ class Source(ABC):
             f"{self.name}: mode 'download' is not offered yet; set "
             f"sources.{self.name}.mode to 'file' (your files) or 'sample'"
         )
+
+    def combine(self, name: str, out: Path, study: Study) -> Path:
+        """Write raw file ``name`` from other sources' raw files (sources that combine)."""
+        raise ValueError(f"{self.name}: mode 'combine' is for sources that combine others "
+                         "(occurrences); use sample, download or file")  # fmt: skip
+
+    def tile(self, files: Sequence[str | Path], modality: Modality, study: Study, period: str,
+             prov: Mapping[str, str]) -> xr.Dataset:  # fmt: skip
+        """The tile of ``modality`` and ``period`` from the raw files."""
+        native = self.open(files, modality, study)
+        try:
+            return self.to_tile(native, modality, study, period, prov)
+        finally:
+            native.close()
 
     @abstractmethod
     def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:

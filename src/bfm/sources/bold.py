@@ -51,6 +51,7 @@ import json
 import logging
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,9 +64,12 @@ from bfm.contracts import occurrence as oc
 from bfm.contracts.grid import Grid
 from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.sources import manifest
+from bfm.sources.base import Study, register
 from bfm.sources.bold_formats import binomial, read_lines, species_records, write_lines
+from bfm.sources.gbif import read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
+from bfm.sources.occurrence_base import OccurrenceSource
 
 log = logging.getLogger(__name__)
 
@@ -320,3 +324,34 @@ def sample(out: str | Path, species: pd.DataFrame, start: str, end: str, grid: G
                             url=f"sample:bold?seed={seed}", licence=LICENCE,
                             citation=CITATION)  # fmt: skip
     return path
+
+
+class BOLD(OccurrenceSource):
+    """BOLD: one raw file ``records.jsonl.gz`` (BCDM records of every species)."""
+
+    name = "bold"
+    licence = LICENCE
+    citation = CITATION
+    service = "bold"
+    raw_name = RAW_NAME
+
+    def _check(self, name: str) -> None:
+        if name != RAW_NAME:
+            raise ValueError(f"bold: raw file {name!r} is not {RAW_NAME!r}")
+
+    def sample(self, name: str, out: Path, study: Study) -> Path:
+        self._check(name)
+        return sample(out, read_species(study.species), study.start, study.end, study.grid,
+                      self.seed(study))  # fmt: skip
+
+    def download(self, name: str, out: Path, study: Study) -> Path:
+        self._check(name)
+        return download(out, read_species(study.species))
+
+    def records(self, files: Sequence[str | Path], study: Study
+                ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip
+        (path,) = files
+        return records(path, read_species(study.species))
+
+
+register(BOLD())

@@ -17,25 +17,22 @@ import csv
 import datetime as dt
 import io
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bfm import __version__, regrid
-from bfm.contracts import tile as contract
-from bfm.contracts.catalogue import Modality
+from bfm.contracts import occurrence as contract
 from bfm.contracts.grid import Grid
+from bfm.contracts.occurrence import Quarantine
 from bfm.fileio import atomic_path
-from bfm.sources import manifest, tiling
-from bfm.sources.base import Source, Study, register
+from bfm.sources import manifest
+from bfm.sources.base import Study, register
 from bfm.sources.climate import Climate
-
-if TYPE_CHECKING:
-    import xarray as xr
+from bfm.sources.occurrence_base import OccurrenceSource
 
 SIMPLE_CSV_COLUMNS = (
     "gbifID", "datasetKey", "occurrenceID", "kingdom", "phylum", "class", "order", "family",
@@ -53,7 +50,8 @@ REQUIRED_COLUMNS = ("speciesKey", "decimalLatitude", "decimalLongitude", "eventD
 # What ``open`` keeps by default: enough to grid, filter and attribute the records.
 KEPT_COLUMNS = REQUIRED_COLUMNS + (
     "gbifID", "scientificName", "occurrenceStatus", "basisOfRecord", "license",
-    "countryCode", "coordinateUncertaintyInMeters",
+    "countryCode", "coordinateUncertaintyInMeters", "datasetKey", "occurrenceID",
+    "catalogNumber", "species",
 )  # fmt: skip
 LICENCE = "CC BY 4.0 (records CC0 / CC BY / CC BY-NC; a download carries the most restrictive)"
 CITATION = "GBIF.org ({date}) GBIF Occurrence Download {key}"
@@ -344,12 +342,13 @@ def _read_table(path: Path, all_columns: bool) -> tuple[pd.DataFrame, str]:
     options["usecols"] = usecols
     if not zipfile.is_zipfile(path):
         return pd.read_csv(path, **options), str(path)
-    with zipfile.ZipFile(path) as zf:
-        members = [m for m in zf.namelist() if m.endswith(".csv")]
-        if len(members) != 1:
-            raise ValueError(f"{path}: expected one .csv in the download zip, found {members}")
-        with zf.open(members[0]) as f:
-            return pd.read_csv(io.TextIOWrapper(f, "utf-8"), **options), f"{path}:{members[0]}"
+    from bfm.sources import gbif_dwca  # members checked: no traversal, no zip bomb
+
+    with gbif_dwca.open_zip_member(path, ".csv") as f:
+        member = f.name if isinstance(getattr(f, "name", None), str) else ""
+        table = pd.read_csv(io.TextIOWrapper(f, "utf-8"), **options)
+    member = member or next(m for m in gbif_dwca.members(path) if m.endswith(".csv"))
+    return table, f"{path}:{member}"
 
 
 def open(path: str | Path, all_columns: bool = False) -> pd.DataFrame:
@@ -396,35 +395,66 @@ def licence_of(licenses: pd.Series) -> str:
     return LICENCE
 
 
+def records(path: str | Path, species: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                            Quarantine]:  # fmt: skip
+    """The occurrence contract's record table of a SIMPLE_CSV download (no media: SIMPLE_CSV
+    has none) and its quarantine (nothing is dropped here: ``contract.clean`` does it).
+
+    ``record_id`` is ``gbif:<gbifID>``; a republished iNaturalist or Xeno-canto record gets
+    ``same_as`` (``gbif_dwca.same_as``); the name matched is ``species`` (the accepted
+    binomial), else ``scientificName``; a non-numeric coordinate is missing (NaN), a date is
+    read at its real precision (``contract.parse_dates``).
+    """
+    from bfm.sources import gbif_dwca
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such GBIF download")
+    raw, where = _read_table(path, all_columns=False)
+    missing = [c for c in REQUIRED_COLUMNS + ("gbifID",) if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing} (a SIMPLE_CSV download has them)")
+    q = Quarantine(where)
+    q.saw(len(raw))
+
+    def column(name: str) -> pd.Series:
+        return raw[name] if name in raw.columns else pd.Series("", index=raw.index, dtype=str)
+
+    names = column("species").where(column("species") != "", column("scientificName"))
+    dates = contract.parse_dates(raw["eventDate"])
+    table = pd.DataFrame({
+        "record_id": "gbif:" + raw["gbifID"].astype(str).str.strip(),
+        "same_as": gbif_dwca.same_as(raw),
+        "source": "gbif",
+        "scientific_name": names,
+        "species_key": contract.match_species(names, species),
+        "latitude": pd.to_numeric(raw["decimalLatitude"], errors="coerce"),
+        "longitude": pd.to_numeric(raw["decimalLongitude"], errors="coerce"),
+        "uncertainty_m": pd.to_numeric(column("coordinateUncertaintyInMeters"), errors="coerce"),
+        "start": dates["start"], "end": dates["end"], "precision": dates["precision"],
+        "basis": column("basisOfRecord").str.upper(),
+        "status": column("occurrenceStatus").str.upper().replace("", "PRESENT"),
+        "licence": column("license"),
+    })  # fmt: skip
+    return contract.conform(table, where), contract.empty_media(), q
+
+
 RAW_NAME = "occurrences.zip"
 
 
-class GBIF(Source):
+class GBIF(OccurrenceSource):
     """GBIF: one raw file ``occurrences.zip``, a SIMPLE_CSV download of every configured
-    species over the whole window (the tiles of every month count from it)."""
+    species over the whole window (combined with the other occurrence sources)."""
 
     name = "gbif"
     licence = LICENCE
     citation = "GBIF.org, GBIF Occurrence Download"
-
-    def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
-        return [RAW_NAME]
+    service = "gbif"
+    raw_name = RAW_NAME
 
     def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
         # The sample follows the ERA5 sample climate of the same study (its seed).
-        return {
-            **super().raw_settings(name, study),
-            "start": study.start,
-            "end": study.end,
-            "species": study.species,
-            "climate_seed": self.climate_seed(study),
-        }
-
-    def raw_inputs(self, name: str, study: Study) -> list[str]:
-        return [study.species]
-
-    def tile_inputs(self, modality: Modality, study: Study) -> list[str]:
-        return [study.species]
+        return {**super().raw_settings(name, study), "climate_seed": self.climate_seed(study)}
 
     def user_file(self, path: str, name: str) -> str:
         # file mode: `path` is the download zip itself (or a folder holding occurrences.zip)
@@ -449,81 +479,22 @@ class GBIF(Source):
             self.climate_seed(study),
         )
 
-    def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
-        """The records (dim ``record``) and the configured species (coordinate ``species``)."""
-        import xarray as xr
+    def download(self, name: str, out: Path, study: Study) -> Path:
+        """A SIMPLE_CSV download through GBIF's asynchronous API (``gbif_api``; credentials
+        GBIF_USER, GBIF_PWD, GBIF_EMAIL from the environment)."""
+        from bfm.sources import gbif_api
 
+        if name != RAW_NAME:
+            raise ValueError(f"gbif: raw file {name!r} is not {RAW_NAME!r}")
+        keys = [int(k) for k in read_species(study.species)["gbif_key"]]
+        years = pd.Timestamp(study.start).year, pd.Timestamp(study.end).year
+        predicate = gbif_api.download_predicate(keys, years[0], years[1], study.grid)
+        return gbif_api.download(out, predicate, fmt="SIMPLE_CSV")
+
+    def records(self, files: Sequence[str | Path], study: Study
+                ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip
         (path,) = files
-        table = open(path)
-        species = read_species(study.species)
-        status = (
-            table["occurrenceStatus"].astype(str).str.upper()
-            if "occurrenceStatus" in table.columns
-            else pd.Series("PRESENT", index=table.index)
-        )
-        ds = xr.Dataset(
-            {
-                "speciesKey": (
-                    "record",
-                    table["speciesKey"].fillna(-1).astype(np.int64).to_numpy(),
-                ),
-                "decimalLatitude": ("record", table["decimalLatitude"].to_numpy()),
-                "decimalLongitude": ("record", table["decimalLongitude"].to_numpy()),
-                "eventDate": ("record", table["eventDate"].to_numpy()),
-                "occurrenceStatus": ("record", status.to_numpy(object)),
-                "scientific_name": (
-                    "species",
-                    species["scientific_name"].astype(str).to_numpy(object),
-                ),
-            },
-            coords={"species": species["gbif_key"].to_numpy(np.int64)},
-            attrs={k: str(v) for k, v in table.attrs.items()},
-        )
-        ds.encoding["source"] = table.attrs["source"]
-        return ds
-
-    def to_tile(
-        self,
-        native: xr.Dataset,
-        modality: Modality,
-        study: Study,
-        period: str,
-        prov: Mapping[str, str],
-    ) -> xr.Dataset:
-        """Count present records per time step, species and cell."""
-        import xarray as xr
-
-        where = native.encoding.get("source", "<occurrences>")
-        times = study.times_in(period)
-        if len(times) == 0:
-            raise ValueError(f"{where}: time: no step of the window falls in period {period}")
-        present = native["occurrenceStatus"].values != "ABSENT"  # ABSENT is not an occurrence
-        keys = native["species"].values.astype(np.int64)
-        sp = pd.Index(keys).get_indexer(native["speciesKey"].values)
-        t = tiling.interval_index(pd.DatetimeIndex(native["eventDate"].values), times, study.step)
-        group = np.where(present & (sp >= 0) & (t >= 0), t * len(keys) + sp, -1)
-        lat, lon = native["decimalLatitude"].values, native["decimalLongitude"].values
-        counts = regrid.count_points(lat, lon, study.grid, group, len(times) * len(keys))
-        counts = counts.reshape(len(times), len(keys), *study.grid.shape).astype(np.float32)
-        (var,) = modality.variable_names
-        names = native["scientific_name"].values
-        ds = xr.Dataset(
-            {var: (modality.tile_dims, counts)},
-            coords={
-                "time": times,
-                contract.SPECIES_KEY: ("species", keys),
-                "scientific_name": ("species", names),
-            },
-        )
-        attrs = {
-            "source": f"GBIF occurrence download, SIMPLE_CSV ({Path(where).name})",
-            "licence": native.attrs.get("licence", LICENCE),
-            "citation": native.attrs.get("citation", self.citation),
-            "history": f"bfm {__version__} tile {modality.name}: records counted per cell "
-            f"in [t, t + {study.step})",
-            "step": study.step,
-        }
-        return contract.finish(ds, modality, study.grid, period, attrs, prov, "time: sum")
+        return records(path, read_species(study.species))
 
 
 register(GBIF())

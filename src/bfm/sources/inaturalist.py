@@ -42,6 +42,7 @@ import logging
 import shutil
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,9 +59,12 @@ from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.fileio import atomic_path
 from bfm.sources import inaturalist_formats as formats
 from bfm.sources import manifest
+from bfm.sources.base import Study, register
+from bfm.sources.gbif import read_species
 from bfm.sources.http import CHUNK, Client, DownloadError, Service, Sleep
 from bfm.sources.httpjson import fetch_json, scratch_dir
 from bfm.sources.inaturalist_formats import API, INDEX_COLUMNS, PER_PAGE, WINDOW, request_params
+from bfm.sources.occurrence_base import OccurrenceSource
 
 __all__ = ["API", "DAILY_BUDGET", "INDEX_COLUMNS", "PER_PAGE", "RAW_NAME", "SERVICE", "WINDOW",
            "download", "download_photos", "open_photos", "records", "request_params", "sample",
@@ -386,3 +390,42 @@ def records(path: str | Path, species: pd.DataFrame
     ]  # fmt: skip
     media_table = pd.DataFrame(media, columns=list(contract.MEDIA_COLUMNS))
     return (contract.conform(table, str(path)), contract.conform_media(media_table, str(path)), q)
+
+
+class INaturalist(OccurrenceSource):
+    """iNaturalist: one raw file ``observations.jsonl.gz`` of every species over the window."""
+
+    name = "inaturalist"
+    licence = "per observation and photo (license_code): CC0, CC BY, CC BY-NC, ..."
+    citation = formats.CITATION
+    service = "inaturalist"
+    raw_name = RAW_NAME
+
+    def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
+        return {**super().raw_settings(name, study), "climate_seed": self.climate_seed(study)}
+
+    def climate_seed(self, study: Study) -> int:
+        era5 = study.sources.get("era5", {})
+        return int(era5.get("seed", self.seed(study))) if era5.get("mode") == "sample" else (
+            self.seed(study))  # fmt: skip
+
+    def _check(self, name: str) -> None:
+        if name != RAW_NAME:
+            raise ValueError(f"inaturalist: raw file {name!r} is not {RAW_NAME!r}")
+
+    def sample(self, name: str, out: Path, study: Study) -> Path:
+        self._check(name)
+        return sample(out, read_species(study.species), study.start, study.end, study.grid,
+                      self.seed(study), self.climate_seed(study))  # fmt: skip
+
+    def download(self, name: str, out: Path, study: Study) -> Path:
+        self._check(name)
+        return download(out, read_species(study.species), study.start, study.end, study.grid)
+
+    def records(self, files: Sequence[str | Path], study: Study
+                ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip
+        (path,) = files
+        return records(path, read_species(study.species))
+
+
+register(INaturalist())

@@ -47,7 +47,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,11 @@ from bfm.contracts.grid import Grid
 from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.sources import manifest
 from bfm.sources import xenocanto_formats as fmt
+from bfm.sources.base import Study, register
+from bfm.sources.gbif import read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
+from bfm.sources.occurrence_base import OccurrenceSource
 
 API = "https://xeno-canto.org/api/3"
 RAW_NAME = "recordings.jsonl.gz"
@@ -393,3 +396,34 @@ def sample_audio(recordings: Path, out_zip: Path, seed: int, *, per_species: int
         recordings, per_species, None, quality, len(files)), url=f"sample:xenocanto?seed={seed}",
         licence=LICENCE, citation=CITATION)  # fmt: skip
     return out_zip
+
+
+class XenoCanto(OccurrenceSource):
+    """Xeno-canto: one raw file ``recordings.jsonl.gz`` of every species in the grid's box."""
+
+    name = "xenocanto"
+    licence = LICENCE
+    citation = CITATION
+    service = "xenocanto"
+    raw_name = RAW_NAME
+
+    def _check(self, name: str) -> None:
+        if name != RAW_NAME:
+            raise ValueError(f"xenocanto: raw file {name!r} is not {RAW_NAME!r}")
+
+    def sample(self, name: str, out: Path, study: Study) -> Path:
+        self._check(name)
+        return sample(out, read_species(study.species), study.start, study.end, study.grid,
+                      self.seed(study))  # fmt: skip
+
+    def download(self, name: str, out: Path, study: Study) -> Path:
+        self._check(name)
+        return download(out, read_species(study.species), study.grid)
+
+    def records(self, files: Sequence[str | Path], study: Study
+                ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip
+        (path,) = files
+        return records(Path(path), read_species(study.species))
+
+
+register(XenoCanto())

@@ -1,0 +1,65 @@
+"""The interface of an occurrence source (GBIF, iNaturalist, Xeno-canto, BOLD).
+
+An occurrence source has no modality of its own: it writes one raw file in its mode and reads
+it into the occurrence contract's tables (``bfm.contracts.occurrence``); the ``occurrences``
+source (``bfm.sources.occurrences``) combines the records of all of them into one tile.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pandas as pd
+
+from bfm.contracts.catalogue import Modality
+from bfm.contracts.occurrence import Quarantine
+from bfm.sources.base import Source, Study
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+COMBINED_BY = "occurrences"
+
+
+class OccurrenceSource(Source):
+    """A source of occurrence records, combined by the ``occurrences`` source.
+
+    Subclasses name their one raw file (``raw_name``) and read it into the contract's tables
+    (:meth:`records`); ``sample`` and ``download`` write it as for any source.
+    """
+
+    raw_name: ClassVar[str]
+
+    def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
+        return [self.raw_name]
+
+    def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
+        return {
+            **super().raw_settings(name, study),
+            "start": study.start,
+            "end": study.end,
+            "species": study.species,
+        }
+
+    def raw_inputs(self, name: str, study: Study) -> list[str]:
+        return [study.species]
+
+    def seed(self, study: Study) -> int:
+        return int(study.settings(self.name).get("seed", 0))
+
+    @abstractmethod
+    def records(
+        self, files: Sequence[str | Path], study: Study
+    ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:
+        """The record table, the media table and what could not be read (counted)."""
+
+    def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
+        raise ValueError(f"{self.name}: has no modality; its records reach the tiles through "
+                         f"the source '{COMBINED_BY}'")  # fmt: skip
+
+    def to_tile(self, native: xr.Dataset, modality: Modality, study: Study, period: str,
+                prov: Mapping[str, str]) -> xr.Dataset:  # fmt: skip
+        raise ValueError(f"{self.name}: has no modality (see source '{COMBINED_BY}')")

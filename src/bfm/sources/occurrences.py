@@ -1,0 +1,272 @@
+"""Occurrences: every occurrence source's records, cleaned and counted once, on the grid.
+
+The occurrence sources (GBIF, iNaturalist, Xeno-canto, BOLD: :class:`OccurrenceSource`) have
+no modality of their own. Each writes its raw file in its own mode (``sample``, ``download``
+or ``file``) and reads it into the record table of the occurrence contract
+(``bfm.contracts.occurrence``). The source ``occurrences`` (mode ``combine``) joins them:
+
+1. **Combine** (rule ``combine``, raw file ``results/raw/occurrences/records.parquet``): each
+   member's records are cleaned by the contract's rules (absences, fossils, living specimens,
+   missing/out-of-range/(0, 0) coordinates, uncertainty above ``max_uncertainty_m``,
+   missing/unusable dates, names that are not study species), records outside the grid or
+   the window are set aside, and a record republished by several sources (GBIF carries
+   iNaturalist and Xeno-canto) is kept once, from its original source. Every record dropped
+   is counted by reason in ``records.parquet.quarantine.json`` (in total and per member). The
+   table is sorted by ``start`` so that a month's tile reads only its own rows.
+2. **Tile** (``species_occurrence``, per month): records per species, cell and step. A record
+   whose date is coarser than the step (a date-only record at a 6-hourly step, a month at a
+   daily step) is, by option ``date_precision``: ``exclude`` (default: it counts in no step;
+   the tile's attribute ``n_records_coarser_than_step`` counts it) or ``spread`` (it counts in
+   every step it overlaps, weighted by the overlap: 1/4 in each 6 h step of its day).
+
+Options (``sources.occurrences.options``): ``members`` (default: every configured occurrence
+source), ``max_uncertainty_m`` (default 10000; ``null`` keeps every uncertainty),
+``date_precision`` (``exclude`` | ``spread``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from bfm import __version__, paths
+from bfm.contracts import occurrence as contract
+from bfm.contracts import tile as tile_contract
+from bfm.contracts import timeaxis
+from bfm.contracts.catalogue import Modality
+from bfm.contracts.occurrence import Quarantine, Reason
+from bfm.fileio import atomic_path
+from bfm.sources.base import Source, Study, register
+from bfm.sources.gbif import read_species
+from bfm.sources.occurrence_base import OccurrenceSource
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+NAME = "occurrences"
+RAW_NAME = "records.parquet"
+# Drops of media, not of records (a record keeps its place without its barcode or photo).
+MEDIA_REASONS = frozenset(
+    r.value
+    for r in (
+        Reason.CORRUPT_MEDIA,
+        Reason.TOO_LARGE_MEDIA,
+        Reason.MEDIA_UNAVAILABLE,
+        Reason.MEDIA_NOT_OPEN,
+    )
+)
+DEFAULTS: dict[str, Any] = {"max_uncertainty_m": 10_000.0, "date_precision": "exclude"}
+
+
+def members(study: Study) -> list[OccurrenceSource]:
+    """The occurrence sources the study combines (option ``members``, else all configured)."""
+    from bfm import sources
+
+    configured = [s for s in study.sources if isinstance(sources.get(s), OccurrenceSource)]
+    wanted = study.options(NAME).get("members", configured)
+    unknown = [m for m in wanted if m not in configured]
+    if unknown:
+        raise ValueError(f"config: sources.{NAME}.options.members: {unknown} are not "
+                         f"configured occurrence sources (configured: {configured})")  # fmt: skip
+    if not wanted:
+        raise ValueError(f"config: sources.{NAME}: no occurrence source to combine (configure "
+                         "gbif, inaturalist, xenocanto or bold)")  # fmt: skip
+    found = [sources.get(m) for m in wanted]
+    return [s for s in found if isinstance(s, OccurrenceSource)]
+
+
+def options(study: Study) -> dict[str, Any]:
+    given = study.sources.get(NAME, {}).get("options", {})
+    opts = {**DEFAULTS, **{k: v for k, v in given.items() if k != "members"}}
+    unknown = sorted(set(opts) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"config: sources.{NAME}.options: unknown key(s) {unknown} "
+                         f"(known: members, {', '.join(DEFAULTS)})")  # fmt: skip
+    if opts["date_precision"] not in contract.PRECISION_MODES:
+        raise ValueError(f"config: sources.{NAME}.options.date_precision: "
+                         f"{opts['date_precision']!r} is not one of "
+                         f"{list(contract.PRECISION_MODES)}")  # fmt: skip
+    limit = opts["max_uncertainty_m"]
+    if limit is not None and not (isinstance(limit, int | float) and limit > 0):
+        raise ValueError(f"config: sources.{NAME}.options.max_uncertainty_m: must be a "
+                         f"positive number of metres or null, got {limit!r}")  # fmt: skip
+    return opts
+
+
+def member_files(member: OccurrenceSource, study: Study) -> list[str]:
+    """Where a member's raw file lies: its raw folder, or the user's (file mode)."""
+    settings = study.settings(member.name)
+    if settings["mode"] == "file":
+        return [member.user_file(str(settings["path"]), member.raw_name)]
+    return [str(paths.raw_path(paths.RAW, member.name, member.raw_name))]
+
+
+def window(study: Study) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """``[start, end + one step)``: the time the study's steps cover."""
+    start = pd.Timestamp(study.start)
+    return start, pd.Timestamp(study.end) + timeaxis.offset(study.step)
+
+
+def combine(study: Study, out: Path) -> Path:
+    """Clean, set aside and de-duplicate the members' records into ``out`` (parquet) and
+    ``<out>.quarantine.json``; the table is sorted by ``start``."""
+    opts = options(study)
+    total = Quarantine(str(out))
+    per_source: dict[str, dict[str, Any]] = {}
+    cleaned: dict[str, pd.DataFrame] = {}
+    t0, t1 = window(study)
+    for member in members(study):
+        files = member_files(member, study)
+        table, _media, q = member.records(files, study)
+        media_dropped = {r: q.dropped.pop(r) for r in list(q.dropped) if r in MEDIA_REASONS}
+        for r in media_dropped:
+            q.examples.pop(r, None)
+        table = contract.clean(table, q, max_uncertainty_m=opts["max_uncertainty_m"])
+        inside = study.grid.contains(table["latitude"].to_numpy(), table["longitude"].to_numpy())
+        table = q.drop(~inside, Reason.OUTSIDE_GRID, table)
+        start, end = table["start"].to_numpy(), table["end"].to_numpy()
+        overlaps = (end >= np.datetime64(t0)) & (start < np.datetime64(t1))
+        overlaps &= ~((end == np.datetime64(t0)) & (end > start))  # ends as the window begins
+        table = q.drop(~overlaps, Reason.OUTSIDE_WINDOW, table)
+        cleaned[member.name] = table
+        per_source[member.name] = q.report(kept=len(table), extra={"media_dropped": media_dropped})
+        total.merge(q)
+    both = contract.deduplicate(cleaned, total)
+    both = both.sort_values(["start", "record_id"], kind="stable", ignore_index=True)
+    for name in per_source:  # a republication kept once counts as a duplicate of its source
+        kept = int((both["source"] == name).sum())
+        per_source[name]["kept"] = kept
+    with atomic_path(out) as tmp:
+        both.to_parquet(tmp, index=False, row_group_size=100_000)
+    total.write(out, kept=len(both), extra={"sources": per_source, "options": opts})
+    return out
+
+
+def read_records(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> pd.DataFrame:
+    """The records of ``path`` whose interval overlaps ``[t0, t1)`` (row groups pruned)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such occurrence table (rule combine writes it)")
+    filters = [("start", "<", t1), ("end", ">=", t0)]
+    table = pq.read_table(path, filters=filters).to_pandas()
+    missing = [c for c in contract.COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: not an occurrence table: lacks column(s) {missing}")
+    return contract.conform(table, str(path))
+
+
+class Occurrences(Source):
+    """The occurrence records of every member source, combined (module docstring)."""
+
+    name = NAME
+    licence = "per member source (GBIF, iNaturalist, Xeno-canto, BOLD); see the raw manifests"
+    citation = "the citations of the member sources' raw manifests"
+    combines: ClassVar[bool] = True
+
+    def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
+        return [RAW_NAME]
+
+    def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
+        return {
+            "grid": study.grid_settings(),
+            "time": {"start": study.start, "end": study.end, "step": study.step},
+            "species": study.species,
+            "options": options(study),
+            "members": {m.name: dict(study.settings(m.name)) for m in members(study)},
+        }
+
+    def raw_inputs(self, name: str, study: Study) -> list[str]:
+        return [f for m in members(study) for f in member_files(m, study)] + [study.species]
+
+    def tile_inputs(self, modality: Modality, study: Study) -> list[str]:
+        return [study.species]
+
+    def sample(self, name: str, out: Path, study: Study) -> Path:
+        raise ValueError(f"{NAME}: is combined from its member sources: set "
+                         f"sources.{NAME}.mode to 'combine'")  # fmt: skip
+
+    def download(self, name: str, out: Path, study: Study) -> Path:
+        return self.sample(name, out, study)
+
+    def combine(self, name: str, out: Path, study: Study) -> Path:
+        if name != RAW_NAME:
+            raise ValueError(f"{NAME}: raw file {name!r} is not {RAW_NAME!r}")
+        return combine(study, out)
+
+    def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
+        """Not used: :meth:`tile` reads only the period's rows."""
+        raise ValueError(f"{NAME}: tiles read the records of their period (Occurrences.tile)")
+
+    def tile(self, files: Sequence[str | Path], modality: Modality, study: Study, period: str,
+             prov: Mapping[str, str]) -> xr.Dataset:  # fmt: skip
+        """The tile of one period, reading only the records that overlap it."""
+        (path,) = files
+        times = study.times_in(period)
+        if len(times) == 0:
+            raise ValueError(f"{path}: time: no step of the window falls in period {period}")
+        ends = times + timeaxis.offset(study.step)
+        table = read_records(path, times[0], ends[-1])
+        return self.count(table, modality, study, times, ends, period, prov, str(path))
+
+    def to_tile(self, native: xr.Dataset, modality: Modality, study: Study, period: str,
+                prov: Mapping[str, str]) -> xr.Dataset:  # fmt: skip
+        raise ValueError(f"{NAME}: tiles are built by Occurrences.tile")
+
+    def count(self, table: pd.DataFrame, modality: Modality, study: Study,
+              times: pd.DatetimeIndex, ends: pd.DatetimeIndex, period: str,
+              prov: Mapping[str, str], where: str) -> xr.Dataset:  # fmt: skip
+        """Records per step, species and cell (weighted by the precision rule)."""
+        import xarray as xr
+
+        mode = options(study)["date_precision"]
+        species = read_species(study.species)
+        keys = species["gbif_key"].to_numpy(np.int64)
+        grid = study.grid
+        lat, lon = table["latitude"].to_numpy(), table["longitude"].to_numpy()
+        study_species = table["species_key"].isin(keys).to_numpy()
+        table = table[study_species & grid.contains(lat, lon)]  # combine set the rest aside
+        rec, step, weight, coarse = contract.to_steps(
+            pd.DatetimeIndex(table["start"]), pd.DatetimeIndex(table["end"]), times, ends, mode
+        )
+        sp = pd.Index(keys).get_indexer(table["species_key"].to_numpy()[rec].astype(np.int64))
+        lat, lon = table["latitude"].to_numpy()[rec], table["longitude"].to_numpy()[rec]
+        row, col = grid.index_of(lat, lon)
+        row, col = np.clip(row, 0, grid.n_lat - 1), np.clip(col, 0, grid.n_lon - 1)
+        flat = ((step * len(keys) + sp) * grid.n_lat + row) * grid.n_lon + col
+        size = len(times) * len(keys) * grid.n_lat * grid.n_lon
+        counts = np.bincount(flat, weights=weight, minlength=size)
+        counts = counts.reshape(len(times), len(keys), *grid.shape).astype(np.float32)
+        (var,) = modality.variable_names
+        ds = xr.Dataset(
+            {var: (modality.tile_dims, counts)},
+            coords={
+                "time": times,
+                tile_contract.SPECIES_KEY: ("species", keys),
+                "scientific_name": ("species", species["scientific_name"].to_numpy(object)),
+            },
+        )
+        counted = float(weight.sum())
+        rule = ("records coarser than the step excluded" if mode == "exclude" else
+                "records coarser than the step spread over the steps they overlap")  # fmt: skip
+        attrs = {
+            "source": f"occurrence records of {', '.join(sorted(set(table['source'])))} "
+            f"({Path(where).name})",
+            "licence": self.licence,
+            "citation": self.citation,
+            "history": f"bfm {__version__} tile {modality.name}: records counted per cell in "
+            f"[t, t + {study.step}); {rule}",
+            "step": study.step,
+            "date_precision": mode,
+            "n_records_counted": f"{counted:.6g}",
+            "n_records_coarser_than_step": str(int(coarse.sum())),
+        }
+        return tile_contract.finish(ds, modality, grid, period, attrs, prov, "time: sum")
+
+
+register(Occurrences())
