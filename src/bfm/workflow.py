@@ -59,6 +59,11 @@ class Plan:
     def groups(self) -> tuple[str, ...]:
         return tuple(m.group for m in self.modalities)
 
+    @cached_property
+    def has_species(self) -> bool:
+        """Some modality of the study is per species (the model then needs the table)."""
+        return any(m.kind == DimsKind.SPECIES for m in self.modalities)
+
     # --- time axis ------------------------------------------------------------------------
     @cached_property
     def starts(self) -> pd.DatetimeIndex:

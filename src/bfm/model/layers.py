@@ -98,11 +98,11 @@ class TimeEncoding(nn.Module):
         return self.proj(feats.to(self.proj.weight.dtype))
 
 
-def pad_to(x: Tensor, multiple: int) -> Tensor:
-    """Zero-pad the last two axes (H, W) at the end up to multiples of ``multiple``."""
+def pad_to(x: Tensor, multiple: int, value: float = 0.0) -> Tensor:
+    """Pad the last two axes (H, W) at the end with ``value`` up to multiples of ``multiple``."""
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+    return F.pad(x, (0, pw, 0, ph), value=value) if ph or pw else x
 
 
 def patch_centres(coord: Tensor, patch: int, n_patches: int) -> Tensor:

@@ -20,7 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         latent_levels=2,
         encoder_depth=1,
         decoder_depth=1,
-        backbone_depths=(1, 1, 1),
+        backbone_depths=(2, 2, 2),
         window=(2, 2, 2),
         mlp_ratio=2.0,
     ),

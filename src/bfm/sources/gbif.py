@@ -506,8 +506,11 @@ class GBIF(Source):
         names = native["scientific_name"].values
         ds = xr.Dataset(
             {var: (modality.tile_dims, counts)},
-            coords={"time": times, contract.SPECIES_KEY: ("species", keys),
-                    "scientific_name": ("species", names)},
+            coords={
+                "time": times,
+                contract.SPECIES_KEY: ("species", keys),
+                "scientific_name": ("species", names),
+            },
         )
         attrs = {
             "source": f"GBIF occurrence download, SIMPLE_CSV ({Path(where).name})",
