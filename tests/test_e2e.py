@@ -48,7 +48,10 @@ def test_tiles_open_with_xarray_and_carry_provenance(demo_run, plan):
     from bfm.contracts.tile import open_tile
 
     tiles = sorted((demo_run / "results/tiles").rglob("*.nc"))
-    assert len(tiles) == 1 + 3 * len(plan.periods)
+    assert len(tiles) == sum(len(plan.tile_periods(m)) for m in plan.modalities)
+    assert {t.parent.name for t in tiles} == {m.name for m in plan.modalities} == {
+        "era5_surface", "era5_static", "era5_atmospheric", "species_occurrence", "ndvi",
+        "land", "agriculture", "forest", "redlist", "lpi"}  # fmt: skip
     for path in tiles:
         modality = path.parent.name
         ds = open_tile(path, modality)
@@ -64,9 +67,12 @@ def test_tiles_open_with_xarray_and_carry_provenance(demo_run, plan):
 def test_every_batch_is_valid(demo_run, plan):
     files = sorted((demo_run / "results/batches").glob("*.h5"))
     assert [f.stem for f in files] == plan.batch_names()
+    groups = {"surface", "static", "atmospheric", "species", "vegetation", "land",
+              "agriculture", "forest", "redlist", "lpi"}  # fmt: skip
     for path in files:
         batch = read_batch(path)
         assert all(batch.attrs[k] for k in PROVENANCE_KEYS)
+        assert set(batch.groups) == groups, path  # every group in every batch
         with h5py.File(path) as f:
             assert f["surface/t2m"].compression == "gzip"
     with xr.open_dataset(files[0], engine="h5netcdf", group="surface") as ds:

@@ -120,3 +120,18 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert 55 <= retry_after(r) <= 61
     r.headers["Retry-After"] = "soon"
     assert retry_after(r) is None and retry_after(None) is None
+
+
+def test_a_cut_json_body_is_retried_and_headers_survive_retries(httpserver: HTTPServer,
+                                                               tmp_path):  # fmt: skip
+    body = b'{"ok": 1, "pad": "' + b"x" * 50_000 + b'"}'
+    serve(httpserver, "/j", cut_body(body, 100), json_response({"ok": 2}))
+    c, waits = client()
+    assert c.json("GET", httpserver.url_for("/j"), "u") == {"ok": 2} and len(waits) == 1
+    script = serve(httpserver, "/h", server_error(503), ranged(DATA))
+    c.download(httpserver.url_for("/h"), tmp_path / "h.bin", "u", headers={"X-Token": "t"})
+    assert [r.headers.get("X-Token") for r in script.requests] == ["t", "t"]
+    serve(httpserver, "/gone", json_response({"title": "Not found"}, 404))
+    with pytest.raises(DownloadError) as err:
+        c.json("GET", httpserver.url_for("/gone"), "u")
+    assert err.value.status == 404

@@ -31,11 +31,12 @@ def test_plan_splits_and_periods():
     assert plan.periods == ["2010-01", "2010-02"]
     # A batch that crosses a month boundary reads the tiles of both months, and only those.
     assert plan.batch_periods("20100131T00") == ["2010-01", "2010-02"]
+    monthly = ["era5_surface", "era5_atmospheric", "species_occurrence", "ndvi"]
+    # Yearly sources are tiled per month too: each month holds the year's value.
+    monthly += ["land", "agriculture", "forest", "redlist", "lpi"]
     assert plan.batch_tiles("20100115T00") == {
-        "era5_surface": ["results/tiles/era5_surface/2010-01.nc"],
         "era5_static": ["results/tiles/era5_static/static.nc"],
-        "era5_atmospheric": ["results/tiles/era5_atmospheric/2010-01.nc"],
-        "species_occurrence": ["results/tiles/species_occurrence/2010-01.nc"],
+        **{m: [f"results/tiles/{m}/2010-01.nc"] for m in monthly},
     }
     assert plan.train_batches_in("2010-02") == [
         f"results/batches/201002{d:02d}T00.h5" for d in range(1, 18)
@@ -55,8 +56,10 @@ def test_file_mode_points_at_the_users_files():
     cfg = yaml.safe_load((ROOT / "config/europe.yaml").read_text())
     plan = Plan(cfg)
     surface, species = (catalogue.modality(m) for m in ("era5_surface", "species_occurrence"))
-    assert plan.raw_files(surface, "2000-01") == ["resources/era5/surface/2000-01.nc"]
     assert plan.raw_files(species, "2000-01") == ["resources/gbif/occurrences.zip"]
+    assert plan.raw_files(catalogue.modality("lpi"), "2000") == ["resources/lpi/LPD.csv"]
+    # Europe downloads ERA5; the demo samples it.
+    assert plan.raw_files(surface, "2000-01") == ["results/raw/era5/surface/2000-01.nc"]
     demo = demo_plan()
     assert demo.raw_files(surface, "2010-01") == ["results/raw/era5/surface/2010-01.nc"]
 
@@ -77,14 +80,17 @@ def test_targeted_batch_builds_exactly_its_inputs(workdir):
     assert out.returncode == 0, out.stderr
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, re.M))
     # Two months of tiles (the batch crosses into February), one batch, nothing else.
-    assert jobs == {"sample": "6", "tile": "7", "batch": "1", "total": "14"}, out.stdout
+    # Raw files: ERA5 2 surface + 2 atmospheric + static, 6 NDVI dekads, the GBIF export,
+    # the LPD, 2 Red List files and 6 World Bank indicators.
+    assert jobs == {"sample": "21", "tile": "19", "batch": "1", "total": "41"}, out.stdout
 
 
 def test_targeted_batch_inside_one_month(workdir):
     out = dry_run(workdir, "results/batches/20100110T00.h5")
     assert out.returncode == 0, out.stderr
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, re.M))
-    assert jobs == {"sample": "4", "tile": "4", "batch": "1", "total": "9"}, out.stdout
+    # One month less: 2 ERA5 files, 3 NDVI dekads and 9 tiles fewer.
+    assert jobs == {"sample": "16", "tile": "10", "batch": "1", "total": "27"}, out.stdout
 
 
 def test_broken_config_stops_before_any_job(workdir):
@@ -169,3 +175,16 @@ def test_a_config_change_reruns_what_it_affects_and_nothing_else(workdir):
         "nowhere/era5/surface/2010-01.nc (file mode) does not"
     ) in log
     assert "no job was run" in log
+
+
+def test_settings_do_not_depend_on_the_order_of_config_keys():
+    """Snakemake compares params by their text: a config rewritten with its keys in another
+    order (yaml.safe_dump sorts them) must not rerun anything."""
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    shuffled = yaml.safe_load(yaml.safe_dump(cfg, sort_keys=True))
+    cfg["sources"]["lpi"] = {"options": {"base_year": 2000}, "mode": "sample", "seed": 6}
+    shuffled["sources"]["lpi"] = {"seed": 6, "mode": "sample", "options": {"base_year": 2000}}
+    a, b = Plan(cfg), Plan(shuffled)
+    assert repr(a.raw_settings("lpi", "LPD.csv")) == repr(b.raw_settings("lpi", "LPD.csv"))
+    assert repr(a.tile_settings("lpi")) == repr(b.tile_settings("lpi"))
+    assert repr(a.stats_settings()) == repr(b.stats_settings())

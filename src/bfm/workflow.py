@@ -126,7 +126,7 @@ class Plan:
         return out
 
     def raw_settings(self, source: str, name: str) -> dict[str, Any]:
-        return sources.get(source).raw_settings(name, self.study)
+        return canonical(sources.get(source).raw_settings(name, self.study))
 
     def services(self) -> list[str]:
         """The remote services of the study's sources in download mode."""
@@ -145,10 +145,11 @@ class Plan:
         return str(paths.tile_path(paths.TILES, modality.name, period))
 
     def tile_inputs(self, modality: Modality | str, period: str) -> dict[str, list[str]]:
-        """``raw``: the raw files of a tile; ``species``: the species list of species tiles."""
+        """``raw``: the raw files of a tile; ``other``: the other files it reads (the species
+        list, country boundaries, ...: ``Source.tile_inputs``)."""
         modality = _modality(modality)
-        species = [self.study.species] if modality.kind == DimsKind.SPECIES else []
-        return {"raw": self.raw_files(modality, period), "species": species}
+        other = sources.get(modality.source).tile_inputs(modality, self.study)
+        return {"raw": self.raw_files(modality, period), "other": other}
 
     def tile_settings(self, modality: Modality | str) -> dict[str, Any]:
         """The config keys a tile of ``modality`` depends on (any period)."""
@@ -162,7 +163,7 @@ class Plan:
         }
         if modality.periodic:
             out["time"] = {"start": self.start, "end": self.end, "step": self.step}
-        return out
+        return canonical(out)
 
     def tile_settings_hash(self, modality: Modality | str) -> str:
         return config_hash(self.tile_settings(modality))
@@ -183,10 +184,12 @@ class Plan:
 
     def batch_settings(self) -> dict[str, Any]:
         """The config keys every batch depends on: its tiles' settings."""
-        return {
-            "tiles": {m.name: self.tile_settings(m) for m in self.modalities},
-            "plugins": list(self.config["plugins"]),
-        }
+        return canonical(
+            {
+                "tiles": {m.name: self.tile_settings(m) for m in self.modalities},
+                "plugins": list(self.config["plugins"]),
+            }
+        )
 
     @cached_property
     def batch_settings_hash(self) -> str:
@@ -211,7 +214,21 @@ class Plan:
         return list(self._train_by_period.get(period, []))
 
     def stats_settings(self) -> dict[str, Any]:
-        return {"batches": self.batch_settings(), "eval_start": self.config["time"]["eval_start"]}
+        settings = {
+            "batches": self.batch_settings(),
+            "eval_start": self.config["time"]["eval_start"],
+        }
+        return canonical(settings)
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every mapping's keys sorted: Snakemake compares params by their text,
+    so the order a config file happens to list keys in must not look like a change."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
 
 
 def _modality(modality: Modality | str) -> Modality:

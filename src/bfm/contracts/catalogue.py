@@ -290,7 +290,7 @@ PERCENT = (0.0, 100.0)
 AF = RegridMethod.AREA_FRACTION
 register(_M("ndvi", "ndvi", "vegetation", DimsKind.TIME, Cadence.DEKADAL, (
     _V("ndvi", "1", "normalized difference vegetation index (CLMS, dekadal)", None,
-       (-0.08, 0.936)),
+       (-0.08, 0.92)),  # DN 0..250; DN 251..255 (0.924..0.94 if decoded) are flags
     _V("ndvi_valid_fraction", "1", "fraction of the cell with a valid NDVI value", None,
        (0.0, 1.0)),
 ), "Copernicus Global Land NDVI"))  # fmt: skip

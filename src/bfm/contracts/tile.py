@@ -54,6 +54,11 @@ TIME_RULE = (
     "missing where any of them is missing; point observations are counted in [t, t + step), a "
     "date-only eventDate at 00:00"
 )
+YEARLY_RULE = (
+    "times are the configured steps of the window inside the month; each takes the value of "
+    "the year it falls in, missing where the source has no value for that year (never "
+    "carried forward or back)"
+)
 MAX_OUT_OF_RANGE = 0.01
 VALID_RANGE_RULE = (
     "native values outside the variable's valid range are set missing and counted "
@@ -166,7 +171,9 @@ def _check_values(ds: xr.Dataset, modality: Modality, where: str) -> None:
         lo, hi = var.valid_range
         values = ds[var.name].values
         finite = values[np.isfinite(values)]
-        bad = finite[(finite < lo) | (finite > hi)]
+        # A float32 tile holds the nearest float32 of a bound (0.92 is 0.92000002).
+        flo, fhi = (values.dtype.type(b) for b in (lo, hi))
+        bad = finite[(finite < flo) | (finite > fhi)]
         if bad.size:
             raise ValueError(
                 f"{where}: variable {var.name!r} holds {bad.size} value(s) outside "

@@ -140,6 +140,11 @@ class Source(ABC):
         """Files that writing raw file ``name`` reads (default none)."""
         return []
 
+    def tile_inputs(self, modality: Modality, study: Study) -> list[str]:
+        """Files besides the raw ones that a tile reads (species lists, boundaries, ...):
+        the workflow declares them, so a tile is rebuilt when one changes (default none)."""
+        return []
+
     def user_file(self, path: str, name: str) -> str:
         """Where raw file ``name`` lies in ``file`` mode, given the config's ``path``."""
         return f"{path.rstrip('/')}/{name}"

@@ -423,6 +423,9 @@ class GBIF(Source):
     def raw_inputs(self, name: str, study: Study) -> list[str]:
         return [study.species]
 
+    def tile_inputs(self, modality: Modality, study: Study) -> list[str]:
+        return [study.species]
+
     def user_file(self, path: str, name: str) -> str:
         # file mode: `path` is the download zip itself (or a folder holding occurrences.zip)
         return path if path.endswith((".zip", ".csv")) else super().user_file(path, name)

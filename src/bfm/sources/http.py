@@ -39,7 +39,15 @@ CHUNK = 1 << 14  # small: a reset loses at most one chunk of what had arrived
 
 
 class DownloadError(ValueError):
-    """A unit could not be fetched: names the unit and the cause."""
+    """A unit could not be fetched: names the unit and the cause.
+
+    Attributes:
+        status: the HTTP status of the last answer, or None (no answer, a cut body, ...).
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -121,19 +129,23 @@ class Client:
             response = None
             try:
                 response = self.session.request(method, url, **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as err:
+            except requests.RequestException as err:  # no answer, or a body cut short
                 why = f"{type(err).__name__}"
             else:
                 if response.status_code < 400:
                     return response
                 if response.status_code not in RETRY_STATUS:
                     raise DownloadError(f"{s.name} {unit}: HTTP {response.status_code} from "
-                                        f"{_safe(url)}: {_message(response)}")  # fmt: skip
+                                        f"{_safe(url)}: {_message(response)}",
+                                        response.status_code)  # fmt: skip
                 why = f"HTTP {response.status_code}"
             if attempt == s.retries:
                 detail = f": {_message(response)}" if response is not None else ""
-                raise DownloadError(f"{s.name} {unit}: {why} from {_safe(url)} after "
-                                    f"{s.retries + 1} attempts{detail}")  # fmt: skip
+                raise DownloadError(
+                    f"{s.name} {unit}: {why} from {_safe(url)} after "
+                    f"{s.retries + 1} attempts{detail}",
+                    response.status_code if response is not None else None,
+                )
             self._wait(attempt, response, unit, why)
         raise AssertionError("unreachable")
 
@@ -158,9 +170,10 @@ class Client:
         part = out.with_name(out.name + ".part")
         out.parent.mkdir(parents=True, exist_ok=True)
         s = self.service
+        base_headers = dict(kwargs.pop("headers", {}) or {})
         for attempt in range(s.retries + 1):
             have = part.stat().st_size if part.exists() else 0
-            headers = dict(kwargs.pop("headers", {}) or {})
+            headers = dict(base_headers)
             if have:
                 headers["Range"] = f"bytes={have}-"
             response = self.request("GET", url, unit, stream=True, headers=headers, **kwargs)
