@@ -174,3 +174,48 @@ def test_every_tile_of_the_demo_is_cf_compliant(demo_run):
     assert tiles
     errors = {str(t.relative_to(demo_run)): cf_errors(t) for t in tiles}
     assert not any(errors.values()), {k: v for k, v in errors.items() if v}
+
+
+def held_out_species(workdir: Path, run: str, plan: Plan) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Observed counts, predicted expected counts ``(N, S, H, W)`` on the held-out batches,
+    and the model's normaliser means (the constant: the training mean per species)."""
+    from bfm.evaluation.evaluate import predict
+    from bfm.training.checkpoint import load_model
+    from bfm.training.data import BatchPairs, to_sample
+
+    model, _ = load_model(workdir / f"results/models/{run}")
+    norm, layout = model.normaliser(), model.config.layout
+    paths = [str(workdir / f"results/batches/{t}.h5") for t in plan.batch_names("eval")]
+    data = BatchPairs(paths, norm, layout=layout)
+    observed, predicted = [], []
+    for i in range(len(data)):
+        x, y = data.load(i)
+        predicted.append(predict(model, to_sample(x, y, layout, norm), norm)["species"])
+        observed.append(layout.stack("species", y.groups["species"])[1])
+    return np.stack(observed), np.stack(predicted), {"mean": norm.mean["species"]}
+
+
+@pytest.mark.slow
+def test_species_skill_beats_the_constant_on_held_out_batches(demo_run, plan):
+    """Poisson deviance below the training-mean constant's, and AUC (occupied vs empty
+    cells) above 0.5, per species, on batches the model never saw."""
+    from sklearn.metrics import mean_poisson_deviance, roc_auc_score
+
+    y, mu, norm = held_out_species(demo_run, "demo", plan)
+    assert (mu > 0).all() and np.isfinite(mu).all()  # log-rate output: never negative
+    n_species = y.shape[1]
+    assert n_species == len((ROOT / "resources/species.csv").read_text().splitlines()) - 1
+    scores = []
+    for s in range(n_species):
+        obs, pred = y[:, s].ravel(), mu[:, s].ravel()
+        ok = np.isfinite(obs)
+        obs, pred = obs[ok], pred[ok]
+        const = np.full_like(pred, norm["mean"][s])
+        model_dev = mean_poisson_deviance(obs, pred)
+        const_dev = mean_poisson_deviance(obs, const)
+        auc = roc_auc_score(obs > 0, pred)
+        scores.append((s, model_dev, const_dev, auc))
+    print("species (deviance model, constant, AUC):", scores)
+    for s, model_dev, const_dev, auc in scores:
+        assert model_dev < const_dev, (s, model_dev, const_dev)
+        assert auc > 0.5, (s, auc)

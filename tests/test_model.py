@@ -20,7 +20,7 @@ from bfm.model import backbone as backbone_module
 from bfm.model.backbone import Swin3DBackbone, attention_mask
 from bfm.model.loss import latitude_weights, masked_loss
 from bfm.model.mvit import MViTBackbone, masked_pool
-from bfm.testing import BASE_GROUPS, mock_species_table
+from bfm.testing import BASE_GROUPS, mock_model_input, mock_species_table
 
 BACKBONES = ("swin3d", "mvit")
 LAYOUT = Layout(levels=(500, 850, 1000), species=(11, 22), groups=BASE_GROUPS)
@@ -43,18 +43,7 @@ def model_of(layout: Layout = LAYOUT, backbone: str = "swin3d", preset: str = "t
 
 
 def random_input(layout: Layout, b: int, h: int, w: int, seed: int = 0) -> ModelInput:
-    g = torch.Generator().manual_seed(seed)
-    inputs, missing = {}, {}
-    for group in layout.groups:
-        c = layout.n_channels(group)
-        shape = (b, c, h, w) if layout.kind(group) == DimsKind.STATIC else (b, 2, c, h, w)
-        inputs[group] = torch.randn(shape, generator=g)
-        for channel, n in layout.categorical(group):
-            inputs[group][:, channel] = torch.randint(0, n, (b, h, w), generator=g).float()
-        missing[group] = (torch.rand(shape, generator=g) < 0.1).float()
-    lat = torch.linspace(56.0, 56.0 - 0.5 * (h - 1), h)
-    lon = torch.linspace(0.0, 0.5 * (w - 1), w)
-    return ModelInput(inputs, lat, lon, torch.tensor([[15.0, 6.0]] * b), missing)
+    return mock_model_input(layout, b, h, w, seed)
 
 
 def randomise_heads(model: BFM) -> None:

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("bfm.training.loop", "pre-train the BFM with DeepSpeed"),
     "evaluate": ("bfm.evaluation.evaluate", "score a trained model on held-out batches"),
     "report": ("bfm.report", "figures and tables for the Snakemake report"),
+    "bench": ("bfm.bench", "benchmarks: model step cost, loader throughput"),
 }
 
 

@@ -297,3 +297,27 @@ def mock_species_table(keys: Sequence[int], dims: Sequence[int] = (8, 6, 5, 4),
         embeddings[m][~present[m]] = 0.0
     return SpeciesTable(np.array(keys, np.int64), tuple(f"Species {k}" for k in keys), taxonomy,
                         embeddings, present)  # fmt: skip
+
+
+def mock_model_input(layout: Any, b: int, h: int, w: int, seed: int = 0, *,
+                     lat_max: float = 56.0, lon_min: float = 0.0, res: float = 0.5,
+                     missing_fraction: float = 0.1) -> Any:  # fmt: skip
+    """A random ``ModelInput`` for ``layout`` (a ``bfm.contracts.layout.Layout``): standard
+    normal values, valid category codes, about ``missing_fraction`` of the values marked
+    missing, descending latitudes from ``lat_max``, day 15 at 06 UTC."""
+    import torch
+
+    from bfm.contracts.sample import ModelInput
+
+    g = torch.Generator().manual_seed(seed)
+    inputs, missing = {}, {}
+    for group in layout.groups:
+        c = layout.n_channels(group)
+        shape = (b, c, h, w) if layout.kind(group) == DimsKind.STATIC else (b, 2, c, h, w)
+        inputs[group] = torch.randn(shape, generator=g)
+        for channel, n in layout.categorical(group):
+            inputs[group][:, channel] = torch.randint(0, n, (b, h, w), generator=g).float()
+        missing[group] = (torch.rand(shape, generator=g) < missing_fraction).float()
+    lat = torch.linspace(lat_max, lat_max - res * (h - 1), h)
+    lon = torch.linspace(lon_min, lon_min + res * (w - 1), w)
+    return ModelInput(inputs, lat, lon, torch.tensor([[15.0, 6.0]] * b), missing)
