@@ -35,6 +35,7 @@ CONDA_PACKAGE = {
     "PIL": "pillow",
     "sklearn": "scikit-learn",
     "cv2": "opencv",
+    "ecmwf": "ecmwf-datastores-client",
 }
 # I/O backends loaded by name at run time: engine="..." -> module.
 ENGINES = {

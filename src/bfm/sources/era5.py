@@ -1,4 +1,4 @@
-"""ERA5 from the Copernicus Climate Data Store: request, sample and open.
+"""ERA5 from the Copernicus Climate Data Store: request, sample, download and open.
 
 Three download units (``group``), each one netCDF file in the new-CDS layout (since 2024-09):
 
@@ -15,9 +15,20 @@ zlib compression and a NaN ``_FillValue``.
 
 The native grid is 0.25 deg and covers the target grid's cells completely: the 0.25 deg cells
 whose union contains the target's outer cell edges (what a CDS ``area`` request for that box
-returns). ``open`` reads this layout (and the old-CDS ``time``/``level`` layout) into a
-normalised in-memory Dataset: dims ``(time, [level], latitude, longitude)``, time as
-datetime64, level int hPa ascending, latitude descending, longitude ascending in [-180, 180).
+returns). ``open`` reads this layout, the old-CDS ``time``/``level`` layout (int16 packed) and
+global files (longitudes 0..360) lazily into the normalised form: dims ``(time, [level],
+latitude, longitude)``, time as datetime64, level int hPa ascending, latitude descending,
+longitude ascending in [-180, 180). Nothing is loaded; ``bfm.sources.tiling`` reads the file
+a few native times at a time.
+
+``download`` (mode ``download``) asks the CDS for one unit through cdsapi
+(``bfm.sources.era5_cds``: credentials, the job, the transfer, zips). Its options, config key
+``sources.era5.options`` (they tune the transfer and never change a file, so changing them
+reruns nothing):
+
+- ``retries`` (10): attempts after the first for each CDS API call and for the file;
+- ``sleep_max`` (120): seconds, the longest poll interval and wait between attempts;
+- ``timeout`` (60): seconds to wait for a connection and for each read.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ if TYPE_CHECKING:
     import xarray as xr
 
 NATIVE_RES = 0.25
+# Options (sources.era5.options) that tune the transfer, not the file: no rerun when changed.
+TRANSFER_OPTIONS = frozenset({"retries", "sleep_max", "timeout"})
 GROUPS = ("surface", "atmospheric", "static")
 DATASETS = {
     "surface": "reanalysis-era5-single-levels",
@@ -184,8 +197,14 @@ def sample_dataset(
     period: str | None = None,
     levels: Sequence[int] = DEFAULT_LEVELS,
     seed: int = 0,
+    times: pd.DatetimeIndex | None = None,
 ) -> xr.Dataset:
-    """A synthetic ERA5 download unit for ``grid`` (pure; see the module doc for the layout)."""
+    """A synthetic ERA5 download unit for ``grid`` (pure; see the module doc for the layout).
+
+    ``times``: only these of the period's 6-hourly times (a writer that builds a large month
+    chunk by chunk); every field is a closed-form function of its time, so the chunks of a
+    month are the slices of the whole month's dataset.
+    """
     import xarray as xr
 
     check_group(group)
@@ -194,7 +213,12 @@ def sample_dataset(
     elif period is None:
         raise ValueError(f"era5: group {group!r} needs a period (YYYY-MM)")
     else:
-        times = month_times(period)
+        whole = month_times(period)
+        if times is None:
+            times = whole
+        elif not pd.DatetimeIndex(times).isin(whole).all():
+            raise ValueError(f"era5: times {times} are not 6-hourly times of period {period}")
+        times = pd.DatetimeIndex(times)
     native = native_grid(grid)
     levels_desc = sorted(levels, reverse=True)  # the CDS stores pressure_level decreasing
     values = _fields(group, Climate.from_seed(seed), times.values, levels_desc, native)
@@ -245,17 +269,13 @@ def _var_attrs(var: Variable, group: str) -> dict:
     return attrs
 
 
-def _encoding(ds: xr.Dataset) -> dict:
+def netcdf_encoding(ds: xr.Dataset) -> dict:
+    """The CDS files' netCDF encoding: zlib level 1 + shuffle, one chunk per time, NaN fill."""
     enc: dict = {}
     for name, var in ds.data_vars.items():
         chunks = tuple(1 if d == "valid_time" else ds.sizes[d] for d in var.dims)
-        enc[name] = {
-            "zlib": True,
-            "complevel": 1,
-            "shuffle": True,
-            "chunksizes": chunks,
-            "_FillValue": np.float32(np.nan),
-        }
+        enc[name] = {"zlib": True, "complevel": 1, "shuffle": True, "chunksizes": chunks,
+                     "_FillValue": np.float32(np.nan)}  # fmt: skip
     for name in ("valid_time", "latitude", "longitude", "pressure_level", "number"):
         if name in ds.variables:
             enc[name] = {"_FillValue": None}
@@ -274,7 +294,7 @@ def sample(
     path = Path(path)
     ds = sample_dataset(group, grid, period, levels, seed)
     with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=_encoding(ds))
+        ds.to_netcdf(tmp, format="NETCDF4", engine="netcdf4", encoding=netcdf_encoding(ds))
     manifest.write_manifest(
         path,
         source="era5",
@@ -286,50 +306,104 @@ def sample(
     return path
 
 
-def open(path: str | Path, group: str | None = None) -> xr.Dataset:
-    """Read an ERA5 netCDF (new or old CDS layout) into the normalised in-memory form."""
+def open(
+    path: str | Path,
+    group: str | None = None,
+    grid: Grid | None = None,
+    levels: Sequence[int] | None = None,
+) -> xr.Dataset:
+    """Open an ERA5 netCDF (new or old CDS layout; an area or the globe) lazily, normalised.
+
+    Nothing is loaded: the Dataset keeps the file open (``close()`` closes it) and readers
+    load what they index. ``grid``: keep only the native cells that overlap the cells of this
+    target grid (a global file then reads only the target's region); ``levels``: keep only
+    these pressure levels, which must all be in the file.
+    """
     import xarray as xr
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such ERA5 file")
     try:
-        with xr.open_dataset(path) as raw:
-            ds = raw.load()
+        raw = xr.open_dataset(path)
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read as netCDF ({err})") from err
-    ds = ds.rename(
-        {
-            k: v
-            for k, v in {"valid_time": "time", "pressure_level": "level"}.items()
-            if k in ds.variables
-        }
-    )
+    try:
+        ds = tiling.take(_normalise(raw, path, group), _selection(raw, path, grid, levels))
+    except BaseException:
+        raw.close()
+        raise
+    ds.set_close(raw.close)
+    ds.encoding["source"] = str(path)
+    return ds
+
+
+def _normalise(raw: xr.Dataset, path: Path, group: str | None) -> xr.Dataset:
+    """Names, coordinate values and checks of the normalised form (lazy; no reordering)."""
+    names = {"valid_time": "time", "pressure_level": "level"}
+    ds = raw.rename({k: v for k, v in names.items() if k in raw.variables})
     ds = ds.drop_vars([c for c in ("number", "expver") if c in ds.variables])
     for coord in ("latitude", "longitude"):
         if coord not in ds.coords:
             raise ValueError(f"{path}: missing coordinate {coord!r}")
     if group is not None and check_group(group) != "static" and "time" not in ds.dims:
         raise ValueError(f"{path}: missing time dimension 'valid_time' (or 'time')")
-    if "level" in ds.coords:
-        ds = ds.assign_coords(level=ds["level"].values.round().astype(np.int64))
-    lon = ds["longitude"].values
-    if (lon >= 180).any():
-        ds = ds.assign_coords(longitude=((lon + 180.0) % 360.0) - 180.0)
-    # Reorder only when needed: every sortby copies the whole month.
-    for coord, ascending in (("level", True), ("longitude", True), ("latitude", False)):
-        if coord in ds.coords and ds.sizes.get(coord, 1) > 1:
-            diffs = np.diff(ds[coord].values)
-            if not ((diffs > 0).all() if ascending else (diffs < 0).all()):
-                ds = ds.sortby(coord, ascending=ascending)
     if group is not None:
         missing = [v.short_name for v in VARIABLES[group] if v.short_name not in ds.data_vars]
         if missing:
             raise ValueError(f"{path}: missing variable(s) {missing} of group {group!r}")
         if group == "atmospheric" and "level" not in ds.dims:
             raise ValueError(f"{path}: missing dimension 'pressure_level' (or 'level')")
-    ds.encoding["source"] = str(path)
-    return ds
+    if "level" in ds.coords:
+        ds = ds.assign_coords(level=ds["level"].values.round().astype(np.int64))
+    lon = ds["longitude"].values
+    return ds.assign_coords(longitude=_wrapped(lon)) if (lon >= 180).any() else ds
+
+
+def _wrapped(lon: np.ndarray) -> np.ndarray:
+    """Longitudes in [-180, 180) (a global file's 0..360 wrapped), unchanged if already so."""
+    return ((lon + 180.0) % 360.0) - 180.0 if (lon >= 180).any() else lon
+
+
+def _selection(
+    raw: xr.Dataset, path: Path, grid: Grid | None, levels: Sequence[int] | None
+) -> dict[str, np.ndarray]:
+    """Per dimension whose order or extent changes, the file positions in normalised order
+    (level ascending, latitude descending, longitude ascending) that ``grid`` and ``levels``
+    need: the native cells overlapping the target's cells, the levels asked for."""
+    out: dict[str, np.ndarray] = {}
+    for dim in ("pressure_level", "level", "latitude", "longitude"):
+        if dim not in raw.dims:
+            continue
+        values = raw[dim].values.astype(np.float64)
+        values = _wrapped(values) if dim == "longitude" else values
+        order = np.argsort(-values if dim == "latitude" else values, kind="stable")
+        if dim in ("latitude", "longitude"):
+            order = order[_overlapping(values[order], grid, dim)]
+        elif levels is not None:
+            have = values[order].round().astype(np.int64)
+            absent = sorted(set(levels) - set(have.tolist()))
+            if absent:
+                raise ValueError(
+                    f"{path}: pressure level(s) {absent} of the config key "
+                    f"'levels' are not in the file (it has {sorted(have.tolist())})"
+                )
+            order = order[np.isin(have, list(levels))]
+        if not np.array_equal(order, np.arange(raw.sizes[dim])):
+            out["level" if dim == "pressure_level" else dim] = order
+    return out
+
+
+def _overlapping(centres: np.ndarray, grid: Grid | None, dim: str) -> np.ndarray:
+    """Which native cells (regular ``centres``) overlap the cells of ``grid``; all if none or
+    fewer than two would (the tile builder then says what the file does not cover)."""
+    keep = np.ones(centres.shape, dtype=bool)
+    if grid is None or centres.size < 2:
+        return keep
+    edges = grid.lat_edges() if dim == "latitude" else grid.lon_edges()
+    lo, hi, half = float(edges.min()), float(edges.max()), abs(centres[1] - centres[0]) / 2
+    overlap = (centres + half > lo + 1e-6) & (centres - half < hi - 1e-6)
+    return overlap if overlap.sum() >= 2 else keep
 
 
 # Download unit (CDS request group) of each ERA5 modality.
@@ -347,6 +421,7 @@ class ERA5(Source):
     name = "era5"
     licence = LICENCE
     citation = CITATION
+    service = "cds"
 
     def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
         unit = UNIT_OF_MODALITY[modality.name]
@@ -376,9 +451,27 @@ class ERA5(Source):
         seed = int(study.settings(self.name).get("seed", 0))
         return sample(out, unit, study.grid, period, study.levels, seed)
 
+    def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
+        """The default, less the download options that do not change the file's bytes."""
+        out = super().raw_settings(name, study)
+        source = out["source"]
+        if isinstance(source.get("options"), Mapping):
+            keep = {k: v for k, v in source["options"].items() if k not in TRANSFER_OPTIONS}
+            out["source"] = {**source, "options": keep}
+        return out
+
+    def download(self, name: str, out: Path, study: Study) -> Path:
+        """Fetch raw file ``name`` from the CDS, with its manifest (``era5_cds.download``)."""
+        from bfm.sources import era5_cds
+
+        unit, period = self.parse_name(name)
+        return era5_cds.download(f"{self.name} {name}", Path(out), unit, period, study)
+
     def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
+        """The raw file opened lazily, cut to the cells of the study's grid (and its levels)."""
         (path,) = files
-        return open(path, UNIT_OF_MODALITY[modality.name])
+        unit = UNIT_OF_MODALITY[modality.name]
+        return open(path, unit, study.grid, study.levels if unit == "atmospheric" else None)
 
     def to_tile(
         self,
