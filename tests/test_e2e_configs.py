@@ -106,32 +106,3 @@ def test_a_plugin_source_is_tiled_batched_and_trained_on(toy_run):
     lines = [json.loads(x) for x in (toy_run / "results/eval/toy/scores.jsonl").open()]
     toy = next(r for r in lines if r["variable"] == "toy/greenness")
     assert toy["n"] > 0 and np.isfinite(toy["rmse_model"])
-
-
-@pytest.fixture(scope="module")
-def mvit_run(tmp_path_factory) -> Path:
-    workdir = demo_workdir(tmp_path_factory.mktemp("mvit"))
-    run_dag(workdir, TEST_CONFIGS / "mvit.yaml")
-    return workdir
-
-
-@pytest.mark.slow
-def test_the_mvit_backbone_trains_on_every_group_in_the_dag(mvit_run):
-    """The demo trains Swin3D; this DAG trains MViT over every group of the demo's sources:
-    the loss falls, and every dynamic group is scored on the held-out batches."""
-    from bfm.training.checkpoint import load_model
-
-    meta = json.loads((mvit_run / "results/models/mvit/meta.json").read_text())
-    assert meta["config"]["model"]["backbone"] == "mvit"
-    groups = [g["name"] for g in meta["model"]["config"]["layout"]["groups"]]
-    expected = ["surface", "static", "atmospheric", "species", "vegetation", "land"]
-    expected += ["agriculture", "forest", "redlist", "lpi"]
-    assert sorted(groups) == sorted(expected)
-    model, _ = load_model(mvit_run / "results/models/mvit")
-    assert type(model.backbone).__name__ == "MViT"
-    losses = [json.loads(x)["loss"] for x in (mvit_run / "results/models/mvit/metrics.jsonl").open()]
-    assert len(losses) == 30 and all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
-    rows = [json.loads(x) for x in (mvit_run / "results/eval/mvit/scores.jsonl").open()]
-    scored = {r["variable"].split("/")[0] for r in rows if r["channel"] is None and r["n"] > 0}
-    assert scored == set(expected) - {"static"}, scored

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bfm.contracts import catalogue
-from bfm.contracts.catalogue import DEFAULT_LEVELS, DimsKind
+from bfm.contracts.catalogue import DEFAULT_LEVELS
 from bfm.contracts.layout import Layout, Normaliser, to_physical
 from bfm.contracts.sample import ModelInput, Sample
 from bfm.model import BFM, ModelConfig, build_config, count_parameters
@@ -364,3 +364,24 @@ def test_modelconfig_refuses_categorical_variables_outside_static_groups() -> No
         Layout((), (), ("surface",), variable_kinds=(("categorical",) * 4,),
                categories=((8, 0, 0, 0),))  # fmt: skip
     assert dataclasses.replace(build_config("tiny", LAYOUT), taxon_buckets=8).taxon_buckets == 8
+
+
+def test_the_local_pathway_reads_each_cells_own_environment() -> None:
+    """Counts also see their cell's own inputs (bfm.model.local): with the decoder's heads at
+    zero only that pathway moves the species output, and an edit of one cell's elevation
+    moves that cell alone; the species' own counts are not among its inputs; local_dim=0
+    removes it."""
+    model = model_of()
+    torch.manual_seed(3)
+    for p in model.local.parameters():  # a trained-looking pathway (its response starts at 0)
+        torch.nn.init.normal_(p, std=0.3)
+    x = random_input(LAYOUT, 1, 9, 13)
+    base = model(x)["species"].detach()
+    edited = dataclasses.replace(x, inputs={**x.inputs, "static": x.inputs["static"].clone()})
+    edited.inputs["static"][0, 0, 4, 5] += 2.0  # z (surface geopotential) of one cell
+    moved = (model(edited)["species"].detach() - base).abs().sum(dim=(0, 1))
+    assert moved[4, 5] > 0 and moved.sum() == moved[4, 5]
+    counts = dataclasses.replace(x, inputs={**x.inputs, "species": x.inputs["species"] + 5.0})
+    torch.testing.assert_close(model(counts)["species"], base)
+    assert model_of(local_dim=0).local is None
+    assert count_parameters(model_of(local_dim=0)) < count_parameters(model)

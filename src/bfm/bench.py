@@ -203,7 +203,7 @@ def loader_throughput(h: int, w: int, n_batches: int, workers: int, threads: int
                                groups=catalogue.groups())  # fmt: skip
         stats = load_stats(write_stats(paths, Path(tmp) / "stats.json"))
         written = time.perf_counter() - started
-        data = BatchPairs(paths, stats)
+        data = BatchPairs(list[str | Path](paths), stats)
         loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=workers,
                             collate_fn=Sample.collate, persistent_workers=workers > 0)  # fmt: skip
         for _ in loader:  # warm-up pass: workers started, files in the page cache
@@ -269,8 +269,8 @@ def _run_model(args: argparse.Namespace) -> int:
         verdict = "keeps up" if loader["samples_per_s"] >= need else "is the bottleneck"
         print(
             f"loader  {args.workers} workers: {loader['samples_per_s']:.2f} samples/s "
-            f"({loader['batch_file_bytes'] / 2**20:.0f} MiB per batch file) beside the fastest case's "
-            f"{need:.2f} samples/s: the loader {verdict}",
+            f"({loader['batch_file_bytes'] / 2**20:.0f} MiB per batch file) beside the "
+            f"fastest case's {need:.2f} samples/s: the loader {verdict}",
             flush=True,
         )
     if args.json:
@@ -287,10 +287,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m.add_argument("--presets", nargs="+", default=["small", "medium"],
-                   choices=["tiny", "small", "medium"], help="default: small medium")
-    m.add_argument("--backbones", nargs="+", default=["swin3d", "mvit"],
-                   choices=["swin3d", "mvit"], help="default: both")
+    m.add_argument(
+        "--presets",
+        nargs="+",
+        default=["small", "medium"],
+        choices=["tiny", "small", "medium"],
+        help="default: small medium",
+    )
+    m.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["swin3d", "mvit"],
+        choices=["swin3d", "mvit"],
+        help="default: both",
+    )
     m.add_argument("--grid", default="153x321", help="HxW cells (default Europe: 153x321)")
     m.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
     m.add_argument("--batch-size", type=int, default=1, help="samples per step (default 1)")
@@ -298,11 +308,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--bf16", action="store_true", help="bf16 autocast (as training on GPUs)")
     m.add_argument("--compile", action="store_true", help="torch.compile the model")
     m.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    m.add_argument("--peak-tflops", type=float, default=None,
-                   help="the device's peak TFLOP/s for the MFU (default: known GPUs by name)")
-    m.add_argument("--loader-batches", type=int, default=4,
-                   help="mock batches for the loader benchmark (0: skip it; default 4)")
+    m.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s for the MFU (default: known GPUs by name)",
+    )
+    m.add_argument(
+        "--loader-batches",
+        type=int,
+        default=4,
+        help="mock batches for the loader benchmark (0: skip it; default 4)",
+    )
     m.add_argument("--workers", type=int, default=2, help="loader worker processes (default 2)")
     m.add_argument("--json", default=None, help="also write the figures to this JSON file")
     m.set_defaults(func=_run_model)  # fmt: skip
-

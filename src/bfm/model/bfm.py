@@ -27,6 +27,7 @@ from bfm.model.config import ModelConfig
 from bfm.model.decoder import Decoder
 from bfm.model.encoder import Encoder
 from bfm.model.layers import FourierPosition, TimeEncoding, pad_to, patch_centres
+from bfm.model.local import LocalCountHead
 
 
 class NormBuffers(nn.Module):
@@ -60,6 +61,7 @@ class BFM(nn.Module):
         self.encoder = Encoder(cfg)
         self.backbone = build_backbone(cfg)
         self.decoder = Decoder(cfg)
+        self.local = LocalCountHead(cfg) if cfg.local_dim else None
         self.norm = NormBuffers(cfg)
         if norm is not None:
             self.set_normaliser(norm)
@@ -81,8 +83,12 @@ class BFM(nn.Module):
         species = self.encoder.species() if hasattr(self.encoder, "species") else None
         latents = self.encoder(padded, masks, self.pos_encoder(*centres), t, species)
         latents = self.backbone(latents)
-        out = self.decoder(latents, self.pos_decoder(*centres), t, species)
-        return {g: self._head(g, y[..., :h, :w], inputs[g]) for g, y in out.items()}
+        out = {g: y[..., :h, :w] for g, y in self.decoder(latents, self.pos_decoder(*centres), t,
+                                                           species).items()}  # fmt: skip
+        if self.local is not None:  # counts: the cell's own environment too
+            for g, term in self.local(inputs, missing, species).items():
+                out[g] = out[g] + term.to(out[g].dtype)
+        return {g: self._head(g, y, inputs[g]) for g, y in out.items()}
 
     def _head(self, group: str, y: Tensor, x: Tensor) -> Tensor:
         """Continuous channels: the change from the last input (residual) or the normalised

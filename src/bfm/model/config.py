@@ -44,6 +44,8 @@ class ModelConfig:
             embeddings); False is the ablation without species identity.
         taxon_buckets: hash buckets of the taxonomy embeddings (per rank).
         category_dim: width of the embedding of each category of a categorical variable.
+        local_dim: features per cell of the local pathway of counts (``bfm.model.local``:
+            each species' log-rate also sees its cell's own inputs); 0 switches it off.
     """
 
     layout: Layout
@@ -66,6 +68,7 @@ class ModelConfig:
     use_species_table: bool = True
     taxon_buckets: int = 512
     category_dim: int = 4
+    local_dim: int = 16
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -80,6 +83,8 @@ class ModelConfig:
             )
         if self.patch_size < 1 or min(self.window) < 1 or min(self.backbone_depths) < 0:
             raise ValueError(f"model: bad patch_size/window/backbone_depths in {self}")
+        if self.local_dim < 0:
+            raise ValueError(f"model: local_dim must be >= 0, got {self.local_dim}")
         if self.kv_stride < 1 or self.taxon_buckets < 1 or self.category_dim < 1:
             raise ValueError(f"model: kv_stride, taxon_buckets, category_dim must be >= 1: {self}")
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from bfm.contracts.catalogue import DimsKind
 from bfm.model.config import ModelConfig
-from bfm.model.layers import CrossAttentionBlock, unpatchify
+from bfm.model.layers import CrossAttentionBlock, identity_embedding, unpatchify
 
 
 class Decoder(nn.Module):
@@ -45,7 +45,7 @@ class Decoder(nn.Module):
         self.register_buffer("inner_kind", torch.tensor([k for k, _ in inner]), persistent=False)
         self.register_buffer("inner_index", torch.tensor([n for _, n in inner]), persistent=False)
         self.var_query = nn.Parameter(torch.randn(len(variables), d) * 0.02)
-        self.level_query = nn.Embedding(max(1, len(layout.levels)), d)
+        self.level_query = identity_embedding(max(1, len(layout.levels)), d)
         self.layers = nn.ModuleList(
             CrossAttentionBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)
         )

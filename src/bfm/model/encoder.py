@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from bfm.contracts.catalogue import DimsKind
 from bfm.model.config import ModelConfig
-from bfm.model.layers import CrossAttentionBlock, patchify
+from bfm.model.layers import CrossAttentionBlock, identity_embedding, patchify
 from bfm.model.species import SpeciesEmbedder
 
 
@@ -51,7 +51,7 @@ class Encoder(nn.Module):
                 self.categories[g] = nn.ModuleList(
                     nn.Embedding(n + 1, cfg.category_dim) for _, n in cats
                 )
-        self.level_embed = nn.Embedding(max(1, len(layout.levels)), d)
+        self.level_embed = identity_embedding(max(1, len(layout.levels)), d)
         if DimsKind.SPECIES in layout.kinds:
             self.species = SpeciesEmbedder(
                 len(layout.species), d, cfg.species_dims, cfg.taxon_buckets, cfg.use_species_table

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from bfm.contracts.species_table import MEDIA, RANKS, SpeciesTable
+from bfm.model.layers import EMBED_STD, identity_embedding
 
 
 def taxon_ids(taxonomy: np.ndarray, buckets: int) -> np.ndarray:
@@ -48,10 +49,14 @@ class SpeciesEmbedder(nn.Module):
             self.register_buffer(f"has_{m}", torch.zeros(n_species, dtype=torch.bool))
         self.shared = nn.Parameter(torch.randn(dim) * 0.02)
         if use_table:  # without the table no parameter is left without a gradient
-            self.rank_embed = nn.ModuleList(nn.Embedding(buckets + 1, dim) for _ in RANKS)
-            self.media_proj = nn.ModuleDict(
-                {m: nn.Linear(d, dim) for m, d in zip(MEDIA, dims, strict=True)}
-            )
+            self.rank_embed = nn.ModuleList(identity_embedding(buckets + 1, dim) for _ in RANKS)
+            projections = {  # a kind the table has no vector for (length 0) gets none
+                m: nn.Linear(d, dim) for m, d in zip(MEDIA, dims, strict=True) if d > 0
+            }
+            for proj in projections.values():  # media at the scale of the taxa
+                nn.init.normal_(proj.weight, std=EMBED_STD / max(1.0, proj.in_features**0.5))
+                nn.init.zeros_(proj.bias)
+            self.media_proj = nn.ModuleDict(projections)
 
     def set_table(self, table: SpeciesTable) -> None:
         """Load the table's rows (already in the layout's species order)."""
@@ -64,7 +69,7 @@ class SpeciesEmbedder(nn.Module):
         if not self.use_table:
             return self.shared.expand(self.taxa.shape[0], -1)
         out = self.shared + sum(emb(self.taxa[:, r]) for r, emb in enumerate(self.rank_embed))
-        for m in MEDIA:
+        for m in self.media_proj:
             media, has = getattr(self, f"media_{m}"), getattr(self, f"has_{m}")
             proj = self.media_proj[m](media.to(self.shared.dtype))
             out = out + proj * has[:, None].to(proj.dtype)
