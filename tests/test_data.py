@@ -11,6 +11,7 @@ import torch
 
 from bfm.contracts.batch import Batch, read_batch
 from bfm.contracts.layout import Layout, Normaliser
+from bfm.contracts.sample import Sample
 from bfm.contracts.stats import load_stats
 from bfm.testing import BASE_GROUPS, GRID, LEVELS, PROVENANCE, SPECIES, write_sequence, write_stats
 from bfm.training.data import BatchPairs, pair_batches, time_features
@@ -167,3 +168,70 @@ def test_batches_of_other_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"20100101T00\.h5: built under other settings"):
         pair_batches(new + old, settings_hash="b" * 64)
     assert len(pair_batches(new, settings_hash="b" * 64)) == 1
+
+
+def _gaps_and_soil(k: int, batch: Batch) -> None:
+    static = batch.groups["static"]
+    static["slt"][:] = np.arange(static["slt"].size).reshape(static["slt"].shape) % 8
+    static["slt"][0, 0] = np.nan  # a cell without a soil type
+    static["lsm"][2, 3] = np.nan
+    batch.groups["surface"]["t2m"][0, 1, 1] = np.nan
+    # Whole counts, one unknown in the target (the second time of batch 1).
+    occ = batch.groups["species"]["occurrence"]
+    occ[:] = (np.arange(occ.size).reshape(occ.shape) % 5).astype(np.float32)
+    if k == 1:
+        occ[1, 0, 4, 4] = np.nan
+
+
+def test_missing_values_come_with_masks_and_categories_as_codes(tmp_path: Path) -> None:
+    """NaN inputs become 0 *and* a 1 in the group's missing mask (the model tells "missing"
+    from "average"); soil type keeps its category code (not z-scored), a missing one the
+    extra code n; counts are targets as raw counts (the model predicts a log-rate)."""
+    paths = write_sequence(tmp_path, 3, edit=_gaps_and_soil)
+    stats = load_stats(write_stats(paths, tmp_path / "stats.json"))
+    data = BatchPairs(paths, stats)
+    s = data[0]
+    x, y = read_batch(paths[0]), read_batch(paths[1])
+    missing = s.input.missing
+    assert missing is not None and set(missing) == set(s.input.inputs)
+    for g, values in s.input.inputs.items():
+        assert missing[g].shape == values.shape, g
+        assert torch.isfinite(values).all(), g
+    # surface: one missing input value, marked, filled with 0
+    surface = missing["surface"]
+    assert surface.sum() == 1 and surface[0, 0, 1, 1] == 1
+    assert s.input.inputs["surface"][0, 0, 1, 1] == 0.0
+    # static: z, lsm, slt; slt holds its codes 0..7 unchanged and 8 where unknown
+    layout = data.layout
+    assert layout.categorical("static") == [(2, 8)]
+    slt = s.input.inputs["static"][2].numpy()
+    expected = np.nan_to_num(x.groups["static"]["slt"], nan=8.0)
+    np.testing.assert_array_equal(slt, expected)
+    assert missing["static"][2, 0, 0] == 1 and missing["static"][1, 2, 3] == 1
+    assert missing["static"].sum() == 2
+    assert s.input.inputs["static"][1, 2, 3] == 0.0
+    # species: inputs normalised, targets raw counts, the unknown one masked
+    mean, std = stats.mean_std("species", "occurrence")
+    occ_x = x.groups["species"]["occurrence"]
+    np.testing.assert_allclose(
+        s.input.inputs["species"].numpy(),
+        (occ_x - mean[None, :, None, None]) / std[None, :, None, None],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    occ_y = y.groups["species"]["occurrence"][1]
+    known = np.isfinite(occ_y)
+    assert (~known).sum() == 1 and not s.mask["species"][0, 4, 4]
+    np.testing.assert_array_equal(s.target["species"].numpy()[known], occ_y[known])
+    assert s.target["species"][0, 4, 4] == 0.0
+
+
+def test_collated_samples_keep_their_masks(tmp_path: Path) -> None:
+    paths = write_sequence(tmp_path, 3, edit=_gaps_and_soil)
+    data = BatchPairs(paths, load_stats(write_stats(paths, tmp_path / "stats.json")))
+    batch = Sample.collate([data[0], data[1]])
+    assert batch.input.missing is not None
+    assert batch.input.missing["surface"].shape == (2, *data[0].input.missing["surface"].shape)
+    assert batch.input.missing["surface"][:, 0, 0, 1, 1].tolist() == [1.0, 1.0]
+    moved = batch.input.to("cpu", torch.bfloat16)
+    assert moved.missing is not None and moved.missing["static"].dtype == torch.bfloat16

@@ -2,8 +2,9 @@
 
 Every field is spatially constant and moves by a fixed amount D per step, so with the
 input (t_k, t_k+1) and target t_k+2: persistence misses by D; a model whose head bias is c
-(normalised, std s) predicts persistence + c s and misses by c s - D (species: the mean
-m + c s, as counts are predicted directly); climatology (mean m) misses by m - value.
+(normalised, std s) predicts persistence + c s and misses by c s - D (species: counts are a
+log-rate around the training mean m, so it predicts m exp(c)); climatology (mean m) misses
+by m - value.
 """
 
 from __future__ import annotations
@@ -143,11 +144,17 @@ def test_scores_known_answer(tmp_path: Path) -> None:
         assert t["rmse_climatology"] == approx(rmse([(1 - 4.0, CELLS), (1 - 6.0, CELLS)]))
     assert got[("atmospheric/z", "850")]["rmse_model"] == approx(2.0)
 
-    # species per key, predicted directly (not residual): mean m + c s = (base + 1) - 2 misses
-    # the targets base + t D (D = 0.5) by -2 at t=2 and -2.5 at t=3
-    for channel in ("7", "8", None):
+    # species per key: the rate m exp(c) with m = base + 10 ch + 1 and c = -0.5 misses the
+    # targets base + 10 ch + t D (D = 0.5) at t = 2 and t = 3
+    errors = {}
+    for ch, channel in enumerate(("7", "8")):
+        m = BASE["occurrence"] + 10.0 * ch + 1.0
+        rate = m * np.exp(-0.5)
+        errors[channel] = [(rate - (m - 1 + 2 * 0.5), CELLS), (rate - (m - 1 + 3 * 0.5), CELLS)]
+    errors[None] = errors["7"] + errors["8"]
+    for channel, errs in errors.items():
         occ = got[("species/occurrence", channel)]
-        assert occ["rmse_model"] == approx(rmse([(-2.0, CELLS), (-2.5, CELLS)]))
+        assert occ["rmse_model"] == approx(rmse(errs))
         assert occ["rmse_persistence"] == approx(0.5)
 
 

@@ -21,9 +21,10 @@ import torch
 from bfm.cli import main
 from bfm.contracts.layout import Normaliser
 from bfm.contracts.sample import Sample
+from bfm.contracts.species_table import write_species_table
 from bfm.contracts.stats import load_stats
 from bfm.provenance import file_sha256
-from bfm.testing import write_sequence, write_stats
+from bfm.testing import SPECIES, mock_species_table, write_sequence, write_stats
 from bfm.training import checkpoint
 from bfm.training.data import BatchPairs
 from bfm.training.distributed import find_free_port
@@ -68,7 +69,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                 }
             )
         )
-    return {"root": root, "paths": paths, "stats": stats, "configs": configs}
+    table = write_species_table(mock_species_table(SPECIES), root / "species.parquet")
+    return {"root": root, "paths": paths, "stats": stats, "configs": configs, "table": table}
 
 
 def env() -> dict[str, str]:
@@ -110,6 +112,8 @@ def train_args(
         str(every),
         "--seed",
         "0",
+        "--species-table",
+        str(data["table"]),
         "--out",
         str(out),
     ]
@@ -136,7 +140,10 @@ def live(run: Path) -> Path:
 @pytest.mark.slow
 def test_train_checkpoints_resumes_and_is_idempotent(data: dict, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    res = bfm(train_args(data, run, 30))
+    # The continuous variables only: their loss can fall towards 0 (a Poisson likelihood of
+    # counts has a floor above 0), so the fall measures learning.
+    only_weather = ["--loss-weight", "species/occurrence=0"]
+    res = bfm([*train_args(data, run, 30), *only_weather])
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run / "checkpoints" / "latest").read_text() == "step_000030"
     for step in (10, 20, 30):
@@ -157,7 +164,7 @@ def test_train_checkpoints_resumes_and_is_idempotent(data: dict, tmp_path: Path)
     assert m["batches"] == [p.name for p in data["paths"]]
     assert m["parameters"] > 100_000 and len(m["config_hash"]) == 64
 
-    res = bfm(train_args(data, run, 35))  # resume: continues at step 31
+    res = bfm([*train_args(data, run, 35), *only_weather])  # resume: continues at step 31
     assert res.returncode == 0, res.stderr[-3000:]
     rec = metrics(run)
     assert [r["step"] for r in rec] == list(range(1, 36))
@@ -165,7 +172,7 @@ def test_train_checkpoints_resumes_and_is_idempotent(data: dict, tmp_path: Path)
     assert (meta(run)["steps_done"], meta(run)["checkpoint"]) == (35, "step_000035")
 
     before = (run / "meta.json").stat().st_mtime_ns
-    res = bfm(train_args(data, run, 35))  # finished: a no-op that refreshes meta.json
+    res = bfm([*train_args(data, run, 35), *only_weather])  # finished: a no-op (meta refreshed)
     assert res.returncode == 0 and "nothing to do" in res.stderr
     assert len(metrics(run)) == 35 and (run / "meta.json").stat().st_mtime_ns > before
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
@@ -338,3 +345,12 @@ def test_sample_order_is_a_per_epoch_permutation() -> None:
     order = [sample_indices(5, g, 1, seed=3)[0] for g in range(10)]
     assert sorted(order[:5]) == sorted(order[5:]) == list(range(5))
     assert sample_indices(5, 2, 2, seed=3) == order[4:6]  # micro-batches of 2 share the order
+
+
+def test_species_batches_need_the_table_or_the_ablation_flag(data: dict, tmp_path: Path,
+                                                             caplog) -> None:  # fmt: skip
+    args = train_args(data, tmp_path / "run", 2)
+    i = args.index("--species-table")
+    del args[i : i + 2]
+    assert main(args) == 1
+    assert "--species-table: the batches hold species" in caplog.text

@@ -23,9 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tile": ("bfm.pipeline.tiles", "regrid raw source files into a CF NetCDF tile"),
     "batch": ("bfm.pipeline.batches", "assemble one bfm-batch/1 HDF5 file from tiles"),
     "stats": ("bfm.pipeline.stats", "normalisation statistics over training batches"),
+    "species": ("bfm.pipeline.species", "the species table of the study"),
     "train": ("bfm.training.loop", "pre-train the BFM with DeepSpeed"),
     "evaluate": ("bfm.evaluation.evaluate", "score a trained model on held-out batches"),
     "report": ("bfm.report", "figures and tables for the Snakemake report"),
+    "bench": ("bfm.bench", "benchmarks: model step cost, loader throughput"),
 }
 
 

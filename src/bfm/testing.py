@@ -28,6 +28,7 @@ from bfm.contracts.timeaxis import format_t0, offset, steps_in_period
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (tests and benchmarks run from it)
 GRID = Grid(lat_min=44.0, lat_max=48.0, lon_min=0.0, lon_max=6.0, res=0.5)  # 9 x 13
+DEMO_GRID = Grid(lat_min=44.0, lat_max=56.0, lon_min=0.0, lon_max=20.0, res=0.5)  # 25 x 41
 EUROPE_GRID = Grid(lat_min=34.0, lat_max=72.0, lon_min=-30.0, lon_max=50.0, res=0.25)
 LEVELS = (500, 850, 1000)
 # The groups of the demo's sources (ERA5 and GBIF): what mock batches and layouts hold.
@@ -270,3 +271,53 @@ def mock_meta(model_config: Any, step: int = 1, zero_stage: int = 1) -> dict[str
         "complete": True,
         "checkpoint": f"step_{step:06d}",
     }
+
+
+def mock_species_table(keys: Sequence[int], dims: Sequence[int] = (8, 6, 5, 4),
+                       seed: int = 0) -> Any:  # fmt: skip
+    """A species table (``bfm.contracts.species_table``) for ``keys``: taxonomy from two
+    genera and two families, random media embeddings, some media absent."""
+    from bfm.contracts.species_table import MEDIA, RANKS, SpeciesTable
+
+    rng = np.random.default_rng(seed)
+    n = len(keys)
+    taxonomy = np.array(
+        [
+            ["Animalia", "Chordata", "Mammalia", "Carnivora", f"Family{i % 2}", f"Genus{i % 3}"]
+            for i in range(n)
+        ],
+        dtype=object,
+    )
+    assert taxonomy.shape[1] == len(RANKS)
+    embeddings = {
+        m: rng.normal(size=(n, d)).astype(np.float32) for m, d in zip(MEDIA, dims, strict=True)
+    }
+    present = {m: rng.random(n) < 0.7 for m in MEDIA}
+    for m in MEDIA:
+        embeddings[m][~present[m]] = 0.0
+    return SpeciesTable(np.array(keys, np.int64), tuple(f"Species {k}" for k in keys), taxonomy,
+                        embeddings, present)  # fmt: skip
+
+
+def mock_model_input(layout: Any, b: int, h: int, w: int, seed: int = 0, *,
+                     lat_max: float = 56.0, lon_min: float = 0.0, res: float = 0.5,
+                     missing_fraction: float = 0.1) -> Any:  # fmt: skip
+    """A random ``ModelInput`` for ``layout`` (a ``bfm.contracts.layout.Layout``): standard
+    normal values, valid category codes, about ``missing_fraction`` of the values marked
+    missing, descending latitudes from ``lat_max``, day 15 at 06 UTC."""
+    import torch
+
+    from bfm.contracts.sample import ModelInput
+
+    g = torch.Generator().manual_seed(seed)
+    inputs, missing = {}, {}
+    for group in layout.groups:
+        c = layout.n_channels(group)
+        shape = (b, c, h, w) if layout.kind(group) == DimsKind.STATIC else (b, 2, c, h, w)
+        inputs[group] = torch.randn(shape, generator=g)
+        for channel, n in layout.categorical(group):
+            inputs[group][:, channel] = torch.randint(0, n, (b, h, w), generator=g).float()
+        missing[group] = (torch.rand(shape, generator=g) < missing_fraction).float()
+    lat = torch.linspace(lat_max, lat_max - res * (h - 1), h)
+    lon = torch.linspace(lon_min, lon_min + res * (w - 1), w)
+    return ModelInput(inputs, lat, lon, torch.tensor([[15.0, 6.0]] * b), missing)

@@ -23,7 +23,7 @@ import pandas as pd
 from bfm import paths, sources
 from bfm.config import validate_config
 from bfm.contracts import catalogue, timeaxis
-from bfm.contracts.catalogue import STATIC_PERIOD, Modality
+from bfm.contracts.catalogue import STATIC_PERIOD, DimsKind, Modality
 from bfm.contracts.grid import Grid
 from bfm.provenance import config_hash
 from bfm.sources.base import Study
@@ -58,6 +58,11 @@ class Plan:
     @cached_property
     def groups(self) -> tuple[str, ...]:
         return tuple(m.group for m in self.modalities)
+
+    @cached_property
+    def has_species(self) -> bool:
+        """Some modality of the study is per species (the model then needs the table)."""
+        return any(m.kind == DimsKind.SPECIES for m in self.modalities)
 
     # --- time axis ------------------------------------------------------------------------
     @cached_property

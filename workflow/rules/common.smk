@@ -29,6 +29,9 @@ CONFIG_FILE = write_resolved_config(PLAN.config, "results/config")
 os.environ.setdefault("BFM_SOURCE_DIR", os.path.dirname(workflow.basedir))
 
 
+SPECIES_TABLE = "results/species/species.parquet"
+
+
 def one_of(names):
     """A wildcard constraint matching exactly these names (nothing when empty)."""
     return "|".join(names) or "(?!)"
@@ -101,6 +104,21 @@ def get_train_batches(wildcards):
 
 def get_eval_batches(wildcards):
     return [PLAN.batch(t0) for t0 in PLAN.batch_names("eval")]
+
+
+def get_train_species_table(wildcards):
+    return [SPECIES_TABLE] if PLAN.has_species and config["model"]["species_table"] else []
+
+
+def get_train_options(wildcards, input):
+    """The loss and the species table of bfm train, as flags."""
+    flags = [f"--loss {config['train']['loss']}"]
+    flags += [f"--loss-weight {k}={v}" for k, v in sorted(config["train"]["loss_weights"].items())]
+    if input.species_table:
+        flags.append(f"--species-table {input.species_table}")
+    elif PLAN.has_species:
+        flags.append("--no-species-table")
+    return " ".join(flags)
 
 
 def get_run_dir_of_input(wildcards, input):

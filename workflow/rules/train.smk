@@ -13,6 +13,7 @@ rule train:
         batches=get_train_batches,
         stats="results/stats/stats.json",
         deepspeed=config["train"]["deepspeed"],
+        species_table=get_train_species_table,
     output:
         meta="results/models/{run}/meta.json",
         metrics="results/models/{run}/metrics.jsonl",
@@ -28,10 +29,11 @@ rule train:
         train=config["train"],
         out=get_run_dir_of_output,
         config=get_config_file,
+        options=get_train_options,
     shell:
         "{resources.mpi} bfm train --batches {input.batches} --stats {input.stats}"
         " --deepspeed {input.deepspeed} --preset {params.model[preset]}"
         " --backbone {params.model[backbone]} --steps {params.train[steps]}"
         " --lr {params.train[lr]} --warmup-steps {params.train[warmup_steps]}"
         " --checkpoint-every {params.train[checkpoint_every]} --seed {params.train[seed]}"
-        " --config {params.config} --out {params.out} > {log} 2>&1"
+        " {params.options} --config {params.config} --out {params.out} > {log} 2>&1"

@@ -19,7 +19,12 @@ species     ``(2, C_g, H, W)``          n_vars x n_species
 ``Normaliser`` holds per-group, per-channel mean and std (from the statistics) and maps
 physical values to ``(x - mean) / std`` and back. The data layer uses it on inputs and
 targets, the model carries its arrays as buffers (a checkpoint is self-contained) and the
-evaluation uses it to bring predictions back to physical units.
+evaluation uses it to bring predictions back to physical units. Categorical variables (soil
+type) are not normalised: their channels carry the category code (mean 0, std 1), and the
+model embeds them.
+
+What the model predicts, per variable kind (``to_physical`` turns it into physical units):
+continuous variables in normalised units; counts (species occurrences) as a log-rate.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bfm.contracts import catalogue
-from bfm.contracts.catalogue import DimsKind
+from bfm.contracts.catalogue import DimsKind, VariableKind
 
 if TYPE_CHECKING:
     from bfm.contracts.batch import Batch
@@ -49,7 +54,9 @@ class Layout:
         species: GBIF keys of the species groups, ``(S,)``.
         groups: the variable groups, in catalogue order.
         kinds: dims kind of each group (default: from the catalogue).
-        variables: variable names of each group (default: from the catalogue).
+        variables_of: variable names of each group (default: from the catalogue).
+        variable_kinds: continuous, categorical or count, per variable of each group.
+        categories: number of categories per variable of each group (0: not categorical).
     """
 
     levels: tuple[int, ...]
@@ -57,17 +64,42 @@ class Layout:
     groups: tuple[str, ...]
     kinds: tuple[DimsKind, ...] = ()
     variables_of: tuple[tuple[str, ...], ...] = ()
+    variable_kinds: tuple[tuple[VariableKind, ...], ...] = ()
+    categories: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if len(set(self.groups)) != len(self.groups):
             raise ValueError(f"layout: repeated group in {list(self.groups)}")
+        specs = None
         if not self.kinds or not self.variables_of:
             specs = [catalogue.of_group(g) for g in self.groups]
             object.__setattr__(self, "kinds", tuple(s.kind for s in specs))
             object.__setattr__(self, "variables_of", tuple(s.variable_names for s in specs))
+        if not self.variable_kinds or not self.categories:
+            specs = specs or [catalogue.of_group(g) for g in self.groups]
+            vs = [
+                [s.variable(v) for v in names]
+                for s, names in zip(specs, self.variables_of, strict=True)
+            ]
+            object.__setattr__(self, "variable_kinds", tuple(tuple(v.kind for v in g) for g in vs))
+            object.__setattr__(self, "categories", tuple(tuple(len(v.categories) for v in g)
+                                                         for g in vs))  # fmt: skip
         object.__setattr__(self, "kinds", tuple(DimsKind(k) for k in self.kinds))
-        if not len(self.kinds) == len(self.variables_of) == len(self.groups):
+        object.__setattr__(
+            self,
+            "variable_kinds",
+            tuple(tuple(VariableKind(k) for k in g) for g in self.variable_kinds),
+        )
+        lengths = {len(self.groups), len(self.kinds), len(self.variables_of),
+                   len(self.variable_kinds), len(self.categories)}  # fmt: skip
+        if len(lengths) != 1:
             raise ValueError(f"layout: groups, kinds and variables differ in length: {self}")
+        for g, k, cats in zip(self.groups, self.kinds, self.categories, strict=True):
+            if any(cats) and k != DimsKind.STATIC:
+                raise ValueError(
+                    f"layout: group {g!r}: categorical variables are supported in "
+                    "static groups only"
+                )
 
     @classmethod
     def from_batch(cls, batch: Batch) -> Layout:
@@ -83,12 +115,15 @@ class Layout:
         groups = d["groups"]
         if groups and isinstance(groups[0], str):  # meta.json before the catalogue
             return cls(levels=tuple(d["levels"]), species=tuple(d["species"]), groups=tuple(groups))
+        derived = any("variable_kinds" not in g for g in groups)  # before kinds were stored
         return cls(
             levels=tuple(d["levels"]),
             species=tuple(d["species"]),
             groups=tuple(g["name"] for g in groups),
             kinds=tuple(DimsKind(g["kind"]) for g in groups),
             variables_of=tuple(tuple(g["variables"]) for g in groups),
+            variable_kinds=() if derived else tuple(tuple(g["variable_kinds"]) for g in groups),
+            categories=() if derived else tuple(tuple(g["categories"]) for g in groups),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,10 +131,12 @@ class Layout:
             "levels": list(self.levels),
             "species": list(self.species),
             "groups": [
-                {"name": g, "kind": k.value, "variables": list(v)}
-                for g, k, v in zip(self.groups, self.kinds, self.variables_of, strict=True)
+                {"name": g, "kind": k.value, "variables": list(v),
+                 "variable_kinds": [x.value for x in vk], "categories": list(c)}
+                for g, k, v, vk, c in zip(self.groups, self.kinds, self.variables_of,
+                                          self.variable_kinds, self.categories, strict=True)
             ],
-        }
+        }  # fmt: skip
 
     def _index(self, group: str) -> int:
         try:
@@ -125,6 +162,21 @@ class Layout:
 
     def n_channels(self, group: str) -> int:
         return len(self.variables(group)) * self.inner(group)
+
+    def variable_kind(self, group: str, var: str) -> VariableKind:
+        i = self._index(group)
+        return self.variable_kinds[i][self.variables_of[i].index(var)]
+
+    def categorical(self, group: str) -> list[tuple[int, int]]:
+        """(channel, number of categories) of each categorical channel of a static group."""
+        cats = self.categories[self._index(group)]
+        return [(v, n) for v, n in enumerate(cats) if n]
+
+    def count_channels(self, group: str) -> np.ndarray:
+        """True for the channels of count variables (bool ``(C_g,)``)."""
+        inner = self.inner(group)
+        kinds = self.variable_kinds[self._index(group)]
+        return np.repeat([k == VariableKind.COUNT for k in kinds], inner)
 
     def channel_labels(self, group: str) -> list[tuple[str, str | None]]:
         """``(variable, channel)`` per channel; channel is the level or species key, or None."""
@@ -182,6 +234,8 @@ class Normaliser:
                     )
             mean[group] = np.concatenate([p[0] for p in pairs]).astype(np.float64)
             std[group] = np.concatenate([p[1] for p in pairs]).astype(np.float64)
+            for channel, _ in layout.categorical(group):  # codes pass through unchanged
+                mean[group][channel], std[group][channel] = 0.0, 1.0
         return cls(mean, std)
 
     def normalise(self, group: str, x: np.ndarray) -> np.ndarray:
@@ -193,3 +247,13 @@ class Normaliser:
         """Inverse of ``normalise``; float32 out."""
         m, s = self.mean[group][:, None, None], self.std[group][:, None, None]
         return (x * s + m).astype(np.float32)
+
+
+def to_physical(layout: Layout, norm: Normaliser, group: str, pred: np.ndarray) -> np.ndarray:
+    """A model prediction ``(..., C_g, H, W)`` of a dynamic group in physical units:
+    continuous channels denormalised, count channels ``exp`` of their log-rate."""
+    out = norm.denormalise(group, pred)
+    counts = layout.count_channels(group)
+    if counts.any():
+        out[..., counts, :, :] = np.exp(pred[..., counts, :, :].astype(np.float64))
+    return out

@@ -4,7 +4,9 @@ Shapes (B leading for a collated batch; absent for one sample), C_g the channels
 in the ``Layout`` order, H x W the grid:
 
 - ``ModelInput.inputs[g]``: ``(B, 2, C_g, H, W)`` for time/level/species groups, ``(B, C_g,
-  H, W)`` for static ones, normalised, finite (missing values filled with 0);
+  H, W)`` for static ones, normalised, finite (missing values filled with 0; a categorical
+  channel holds its category code); ``missing[g]``, the same shape, 1 where the value was
+  missing (None: nothing missing);
   ``lat`` ``(H,)`` and ``lon`` ``(W,)`` in degrees (a leading batch axis is allowed: all
   samples share one grid); ``time`` ``(B, 2)``: day of year and hour of t0.
 - ``Sample.target[g]``: ``(B, C_g, H, W)`` normalised next time of each dynamic group, 0 where
@@ -15,7 +17,7 @@ in the ``Layout`` order, H x W the grid:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,21 +33,24 @@ class ModelInput:
     lat: Tensor
     lon: Tensor
     time: Tensor
+    missing: dict[str, Tensor] | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> ModelInput:
         """On ``device``, field values in ``dtype`` (the engine's parameter dtype)."""
-        return ModelInput(
-            {g: t.to(device, dtype) for g, t in self.inputs.items()},
-            self.lat.to(device),
-            self.lon.to(device),
-            self.time.to(device),
+        missing = (
+            None
+            if self.missing is None
+            else {g: t.to(device, dtype) for g, t in self.missing.items()}
         )
+        return ModelInput({g: t.to(device, dtype) for g, t in self.inputs.items()},
+                          self.lat.to(device), self.lon.to(device), self.time.to(device),
+                          missing)  # fmt: skip
 
     def batched(self) -> ModelInput:
         """A single sample as a batch of one."""
-        return ModelInput(
-            {g: t[None] for g, t in self.inputs.items()}, self.lat, self.lon, self.time[None]
-        )
+        missing = None if self.missing is None else {g: t[None] for g, t in self.missing.items()}
+        return ModelInput({g: t[None] for g, t in self.inputs.items()}, self.lat, self.lon,
+                          self.time[None], missing)  # fmt: skip
 
 
 @dataclass
@@ -72,10 +77,14 @@ class Sample:
         def stack(get: Callable[[Sample], Any]) -> Any:
             return default_collate([get(s) for s in samples])
 
+        missing = None
+        if all(s.input.missing is not None for s in samples):
+            missing = stack(lambda s: s.input.missing)
         x = ModelInput(
-            *(
-                stack(lambda s, n=f.name: getattr(s.input, n))  # type: ignore[misc]
-                for f in fields(ModelInput)
-            )
+            stack(lambda s: s.input.inputs),
+            stack(lambda s: s.input.lat),
+            stack(lambda s: s.input.lon),
+            stack(lambda s: s.input.time),
+            missing,
         )
         return Sample(x, stack(lambda s: s.target), stack(lambda s: s.mask), stack(lambda s: s.t0))

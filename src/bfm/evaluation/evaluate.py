@@ -34,7 +34,7 @@ import torch
 
 from bfm.cliutil import add_command, add_config_argument
 from bfm.contracts.catalogue import DimsKind
-from bfm.contracts.layout import Layout, Normaliser
+from bfm.contracts.layout import Layout, Normaliser, to_physical
 from bfm.contracts.sample import Sample
 from bfm.fileio import write_text_atomic
 from bfm.model import BFM
@@ -94,7 +94,8 @@ def squared_errors(
 def predict(model: BFM, sample: Sample, norm: Normaliser) -> dict[str, np.ndarray]:
     """Physical-unit prediction ``(C_g, H, W)`` per dynamic group for one sample."""
     pred = model(sample.input.batched())
-    return {g: norm.denormalise(g, t[0].numpy()) for g, t in pred.items()}
+    layout = model.config.layout
+    return {g: to_physical(layout, norm, g, t[0].numpy()) for g, t in pred.items()}
 
 
 def accumulate(model: BFM, data: BatchPairs) -> Sums:

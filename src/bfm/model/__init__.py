@@ -4,7 +4,7 @@ See docs/architecture.md ("Model")."""
 
 from bfm.model.bfm import BFM, count_parameters
 from bfm.model.config import BACKBONES, ModelConfig
-from bfm.model.loss import masked_mse
+from bfm.model.loss import LossKind, masked_loss
 from bfm.model.presets import PRESETS, build_config
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "ModelConfig",
     "build_config",
     "count_parameters",
-    "masked_mse",
+    "LossKind",
+    "masked_loss",
 ]

@@ -195,10 +195,10 @@ class Swin3DBackbone(nn.Module):
         return self.norm(x)[:, :, :h, :w]
 
 
-BACKBONES: dict[str, type[nn.Module]] = {"swin3d": Swin3DBackbone}
-
-
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     """The backbone named by ``cfg.backbone`` (config key ``model.backbone``, checked by
     ``ModelConfig``)."""
-    return BACKBONES[cfg.backbone](cfg)
+    from bfm.model.mvit import MViTBackbone  # it builds on this module's patch merging
+
+    backbones: dict[str, type[nn.Module]] = {"swin3d": Swin3DBackbone, "mvit": MViTBackbone}
+    return backbones[cfg.backbone](cfg)

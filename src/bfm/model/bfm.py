@@ -21,11 +21,13 @@ from torch import Tensor, nn
 from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.layout import Normaliser
 from bfm.contracts.sample import ModelInput
+from bfm.contracts.species_table import SpeciesTable
 from bfm.model.backbone import build_backbone
 from bfm.model.config import ModelConfig
 from bfm.model.decoder import Decoder
 from bfm.model.encoder import Encoder
 from bfm.model.layers import FourierPosition, TimeEncoding, pad_to, patch_centres
+from bfm.model.local import LocalCountHead
 
 
 class NormBuffers(nn.Module):
@@ -48,7 +50,8 @@ class NormBuffers(nn.Module):
 class BFM(nn.Module):
     """Encoder -> backbone -> decoder; see the module docstring for the tensor contract."""
 
-    def __init__(self, cfg: ModelConfig, norm: Normaliser | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, norm: Normaliser | None = None,
+                 species: SpeciesTable | None = None) -> None:  # fmt: skip
         super().__init__()
         d = cfg.embed_dim
         self.config = cfg
@@ -58,30 +61,47 @@ class BFM(nn.Module):
         self.encoder = Encoder(cfg)
         self.backbone = build_backbone(cfg)
         self.decoder = Decoder(cfg)
+        self.local = LocalCountHead(cfg) if cfg.local_dim else None
         self.norm = NormBuffers(cfg)
         if norm is not None:
             self.set_normaliser(norm)
+        if species is not None and hasattr(self.encoder, "species"):
+            self.encoder.species.set_table(species.select(cfg.layout.species))
 
     def forward(self, x: ModelInput) -> dict[str, Tensor]:
-        inputs = x.inputs
+        inputs, layout = x.inputs, self.config.layout
         h, w = self._check(inputs)
         p = self.config.patch_size
         lat, lon = (c[0] if c.dim() == 2 else c for c in (x.lat, x.lon))
         hp, wp = math.ceil(h / p), math.ceil(w / p)
         centres = patch_centres(lat, p, hp), patch_centres(lon, p, wp)
         t = self.time_embed(x.time)
-        padded = {g: pad_to(x, p) for g, x in inputs.items() if g in self.config.layout.groups}
-        latents = self.encoder(padded, self.pos_encoder(*centres), t)
+        missing = x.missing or {g: torch.zeros_like(v) for g, v in inputs.items()}
+        padded = {g: pad_to(inputs[g], p) for g in layout.groups}
+        # Outside the grid counts as missing: the border patches know where the data ends.
+        masks = {g: pad_to(missing[g], p, value=1.0) for g in layout.groups}
+        species = self.encoder.species() if hasattr(self.encoder, "species") else None
+        latents = self.encoder(padded, masks, self.pos_encoder(*centres), t, species)
         latents = self.backbone(latents)
-        out = self.decoder(latents, self.pos_decoder(*centres), t)
-        out = {g: y[..., :h, :w] for g, y in out.items()}
-        if self.config.residual:
-            layout = self.config.layout
-            out = {
-                g: y if layout.kind(g) == DimsKind.SPECIES else y + inputs[g][:, -1].to(y.dtype)
-                for g, y in out.items()
-            }
-        return out
+        out = {g: y[..., :h, :w] for g, y in self.decoder(latents, self.pos_decoder(*centres), t,
+                                                           species).items()}  # fmt: skip
+        if self.local is not None:  # counts: the cell's own environment too
+            for g, term in self.local(inputs, missing, species).items():
+                out[g] = out[g] + term.to(out[g].dtype)
+        return {g: self._head(g, y, inputs[g]) for g, y in out.items()}
+
+    def _head(self, group: str, y: Tensor, x: Tensor) -> Tensor:
+        """Continuous channels: the change from the last input (residual) or the normalised
+        value; count channels: a log-rate around the log of the training mean."""
+        layout = self.config.layout
+        if self.config.residual and layout.kind(group) != DimsKind.SPECIES:
+            y = y + x[:, -1].to(y.dtype)
+        counts = torch.from_numpy(layout.count_channels(group)).to(y.device)
+        if counts.any():
+            mean, _ = self.norm.get(group)
+            offset = torch.log(mean.clamp_min(1e-6)).to(y.dtype)
+            y = torch.where(counts[:, None, None], y + offset, y)
+        return y
 
     def _check(self, inputs: dict[str, Tensor]) -> tuple[int, int]:
         """Raise ValueError unless every group is present with the layout's shape."""

@@ -98,11 +98,11 @@ class TimeEncoding(nn.Module):
         return self.proj(feats.to(self.proj.weight.dtype))
 
 
-def pad_to(x: Tensor, multiple: int) -> Tensor:
-    """Zero-pad the last two axes (H, W) at the end up to multiples of ``multiple``."""
+def pad_to(x: Tensor, multiple: int, value: float = 0.0) -> Tensor:
+    """Pad the last two axes (H, W) at the end with ``value`` up to multiples of ``multiple``."""
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
-    return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+    return F.pad(x, (0, pw, 0, ph), value=value) if ph or pw else x
 
 
 def patch_centres(coord: Tensor, patch: int, n_patches: int) -> Tensor:
@@ -128,3 +128,15 @@ def unpatchify(x: Tensor, p: int) -> Tensor:
     n, hp, wp, c, _ = x.shape
     x = x.reshape(n, hp, wp, c, p, p).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(n, c, hp * p, wp * p)
+
+
+EMBED_STD = 0.02  # the scale of every learned identity vector (as the latents and groups)
+
+
+def identity_embedding(n: int, d: int) -> nn.Embedding:
+    """An ``nn.Embedding`` of identities (levels, taxa) at the scale of the other learned
+    vectors: PyTorch's default N(0, 1) would make these tokens outweigh the data in every
+    attention (a species vector sums six of them)."""
+    emb = nn.Embedding(n, d)
+    nn.init.normal_(emb.weight, std=EMBED_STD)
+    return emb

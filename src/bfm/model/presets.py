@@ -1,8 +1,8 @@
 """Presets: named sets of ``ModelConfig`` defaults; they change nothing else.
 
-Parameter counts with the Europe layout (4 surface, 3 static, 5 variables x 13 levels,
-6 species) are checked by tests/test_model.py: ``tiny`` a few hundred thousand (tests, demo,
-CPU), ``small`` about 20 M, ``medium`` about 50 M.
+Parameter counts with the full study layout (every catalogue group, 13 pressure levels, 21
+species, a table with 64-wide media embeddings) are checked by tests/test_model.py: ``tiny``
+about half a million (tests, demo, CPU), ``small`` 20 M +- 10 %, ``medium`` 50 M +- 10 %.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         latent_levels=2,
         encoder_depth=1,
         decoder_depth=1,
-        backbone_depths=(1, 1, 1),
+        backbone_depths=(2, 2, 2),
         window=(2, 2, 2),
         mlp_ratio=2.0,
     ),

@@ -86,17 +86,35 @@ def time_features(t: pd.Timestamp) -> np.ndarray:
     return np.array([t.dayofyear, t.hour + t.minute / 60.0], dtype=np.float32)
 
 
+def model_inputs(x: Batch, layout: Layout, norm: Normaliser) -> tuple[dict, dict]:
+    """Normalised inputs (NaN -> 0; a missing category -> its own code) and their masks."""
+    inputs, missing = {}, {}
+    for g in layout.groups:
+        values = norm.normalise(g, layout.stack(g, x.groups[g]))
+        absent = ~np.isfinite(values)
+        filled = np.where(absent, 0.0, values)
+        for channel, n in layout.categorical(g):  # static: channels on axis 0
+            filled[channel] = np.where(absent[channel], n, filled[channel])
+        inputs[g] = torch.from_numpy(filled.astype(np.float32))
+        missing[g] = torch.from_numpy(absent.astype(np.float32))
+    return inputs, missing
+
+
 def to_sample(x: Batch, y: Batch, layout: Layout, norm: Normaliser) -> Sample:
     """The model sample of an (input, target) batch pair (shapes in ``bfm.contracts.sample``).
 
-    Inputs are normalised with NaN -> 0; targets (the second time of ``y``) are normalised
-    with NaN -> 0 and masked; lat/lon in degrees; time the day of year and hour of t0.
+    Inputs are normalised with NaN -> 0 and come with their missing-value masks; targets (the
+    second time of ``y``) are normalised for continuous variables and raw for counts (the
+    model predicts a log-rate), with NaN -> 0 and a mask of the known values; lat/lon in
+    degrees; time the day of year and hour of t0.
     """
-    inputs, target, mask = {}, {}, {}
-    for g in layout.groups:
-        inputs[g] = torch.from_numpy(np.nan_to_num(norm.normalise(g, layout.stack(g, x.groups[g]))))
+    inputs, missing = model_inputs(x, layout, norm)
+    target, mask = {}, {}
     for g in layout.dynamic:
-        y1 = norm.normalise(g, layout.stack(g, y.groups[g])[1])
+        raw = layout.stack(g, y.groups[g])[1]
+        y1 = norm.normalise(g, raw)
+        counts = layout.count_channels(g)
+        y1[counts] = raw[counts]
         finite = np.isfinite(y1)
         target[g] = torch.from_numpy(np.where(finite, y1, 0.0).astype(np.float32))
         mask[g] = torch.from_numpy(finite)
@@ -106,6 +124,7 @@ def to_sample(x: Batch, y: Batch, layout: Layout, norm: Normaliser) -> Sample:
         torch.from_numpy(x.grid.latitudes.astype(np.float32)),
         torch.from_numpy(x.grid.longitudes.astype(np.float32)),
         torch.from_numpy(time_features(t0)),
+        missing,
     )
     return Sample(model_input, target, mask, torch.tensor(t0.value // 10**9, dtype=torch.int64))
 

@@ -40,6 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,12 @@ import numpy as np
 import torch
 
 from bfm.cliutil import add_command, add_config_argument
+from bfm.contracts.layout import Layout
 from bfm.contracts.sample import Sample
+from bfm.contracts.species_table import SpeciesTable, read_species_table
 from bfm.contracts.stats import load_stats
-from bfm.model import BFM, PRESETS, ModelConfig, build_config, count_parameters, masked_mse
+from bfm.model import BACKBONES, BFM, PRESETS, ModelConfig, build_config, count_parameters
+from bfm.model.loss import masked_loss
 from bfm.provenance import file_sha256, provenance
 from bfm.training import checkpoint, distributed
 from bfm.training.config import TrainConfig
@@ -97,7 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=sorted(PRESETS),
         help="model size preset (default: tiny)",
     )
-    p.add_argument("--backbone", default="swin3d", help="backbone (model.backbone): swin3d")
+    p.add_argument(
+        "--backbone",
+        default="swin3d",
+        choices=BACKBONES,
+        help="backbone (model.backbone): swin3d (default) or mvit",
+    )
     p.add_argument("--steps", type=int, default=40, help="total optimizer steps (default: 40)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     p.add_argument(
@@ -114,6 +123,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="save a checkpoint every N steps (and always at the end)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of weights and sample order")
+    p.add_argument(
+        "--loss",
+        default="mse",
+        choices=("mse", "mae"),
+        help="loss of continuous variables (counts: Poisson); default mse",
+    )
+    p.add_argument(
+        "--loss-weight",
+        dest="loss_weights",
+        action="append",
+        default=[],
+        metavar="GROUP/VAR=W",
+        help="weight of a variable in the loss (default 1)",
+    )
+    p.add_argument(
+        "--species-table",
+        metavar="PATH",
+        help="species table (parquet): the identity of each species; needed when "
+        "the batches hold species",
+    )
+    p.add_argument(
+        "--no-species-table",
+        dest="use_species_table",
+        action="store_false",
+        help="ablation: species tokens without identity from the table",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -146,6 +181,11 @@ class Run:
     @property
     def dir(self) -> Path:
         return Path(self.cfg.out)
+
+    @cached_property
+    def count_scale(self) -> dict[str, torch.Tensor]:
+        """The training mean of each channel, by group (the loss scales counts by it)."""
+        return {g: torch.from_numpy(m) for g, m in self.data.norm.mean.items()}
 
     def settings(self) -> dict[str, Any]:
         """What the run depends on: the study's statistics, model and training keys."""
@@ -219,7 +259,16 @@ def train_step(engine: Any, run: Run, first_micro: int, dtype: torch.dtype) -> f
         samples = [run.data[i] for i in sample_indices(len(run.data), g, micro, run.cfg.seed)]
         batch = Sample.collate(samples).to(engine.device, dtype)
         pred = engine(batch.input)
-        loss = masked_mse(pred, batch.target, batch.mask, run.data.layout)
+        loss = masked_loss(
+            pred,
+            batch.target,
+            batch.mask,
+            run.data.layout,
+            batch.input.lat,
+            dict(run.cfg.loss_weights),
+            run.cfg.loss,
+            run.count_scale,
+        )
         engine.backward(loss)
         engine.step()
         losses.append(float(loss.detach()))
@@ -230,6 +279,20 @@ def prefer_cpu_accelerator() -> None:
     """DeepSpeed must not go looking for a GPU that is not there (set before importing it)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def species_table(cfg: TrainConfig, layout: Layout) -> SpeciesTable | None:
+    """The species table rows of the layout's species (None without species or table)."""
+    if not layout.species:
+        return None
+    if cfg.species_table is None:
+        if cfg.use_species_table:
+            raise ValueError(
+                "--species-table: the batches hold species; give the species "
+                "table (or --no-species-table for the ablation without it)"
+            )
+        return None
+    return read_species_table(cfg.species_table).select(layout.species, cfg.species_table)
 
 
 @contextlib.contextmanager
@@ -258,9 +321,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     with run_lock(cfg, dist):
         settings_hash = plan.batch_settings_hash if plan is not None else None
         data = BatchPairs(list(cfg.batches), load_stats(cfg.stats), settings_hash=settings_hash)
-        model_config = build_config(cfg.preset, data.layout, backbone=cfg.backbone)
+        table = species_table(cfg, data.layout)
+        model_config = build_config(
+            cfg.preset, data.layout, backbone=cfg.backbone,
+            species_dims=tuple(table.dims.values()) if table else None,
+            use_species_table=cfg.use_species_table)  # fmt: skip
         torch.manual_seed(cfg.seed)
-        model = BFM(model_config, data.norm)
+        model = BFM(model_config, data.norm, table)
         check_same_model(Path(cfg.out), model_config)
         state = Run(cfg, plan, dist, ds_config, data, model_config, model)
         done = checkpoint.steps_done(state.dir)

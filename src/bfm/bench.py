@@ -1,0 +1,325 @@
+"""bfm bench model: what one training step of the model costs, and whether the data loader
+keeps up with it.
+
+For each preset and backbone, on the full study layout (every catalogue group, 13 pressure
+levels, 21 species, a species table with 64-wide embeddings per medium) and a grid of
+``--grid`` cells (default Europe at 0.25 deg: 153 x 321), a fresh model takes ``--steps``
+timed forward + backward + AdamW steps after one warm-up step, on random inputs with 10 %
+of the values marked missing. Reported per case: parameters, seconds per step (median),
+samples per second, peak memory and, from ``torch.utils.flop_counter`` over one step, the
+model FLOPs per step and the achieved TFLOP/s; with a known peak (``--peak-tflops``, or the
+bf16 dense peak of an H100/H200/A100 found by name) the model FLOPs utilisation (MFU).
+
+Peak memory: on a GPU ``torch.cuda.max_memory_allocated``; on the CPU the peak resident
+memory of a child process that runs only that case (``ru_maxrss``), the case's own share
+being the peak minus the child's resident memory before the model was built.
+
+Then the loader: ``--loader-batches`` mock batches of every group at the grid are written to
+a temporary folder (HDF5, as ``bfm batch`` writes them) with their statistics, and the
+training data set (``bfm.training.data.BatchPairs``) reads them through a DataLoader with
+``--workers`` worker processes for two passes: samples per second beside the slowest case's
+consumption.
+
+Examples:
+
+    bfm bench model                                    # small and medium, both backbones, CPU
+    bfm bench model --presets tiny --grid 25x41 --steps 3
+    bfm bench model --device cuda --bf16 --compile --presets medium --batch-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bfm.cliutil import add_command, plain
+
+log = logging.getLogger(__name__)
+
+SPECIES = 21  # the study's endangered European species
+TABLE_DIMS = (64, 64, 64, 64)  # image, audio, eDNA, text embedding widths of the bench table
+# bf16 dense tensor-core peaks (TFLOP/s), by a name fragment of torch.cuda.get_device_name().
+PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
+
+
+@dataclass(frozen=True)
+class Case:
+    preset: str
+    backbone: str
+    h: int
+    w: int
+    steps: int
+    device: str
+    bf16: bool
+    compile: bool
+    batch_size: int
+    threads: int | None
+
+
+def study_layout() -> Any:
+    """Every catalogue group, the default pressure levels, ``SPECIES`` species."""
+    from bfm.contracts import catalogue
+    from bfm.contracts.catalogue import DEFAULT_LEVELS
+    from bfm.contracts.layout import Layout
+
+    return Layout(DEFAULT_LEVELS, tuple(range(1, SPECIES + 1)), catalogue.groups())
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process, bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_case(case: Case) -> dict[str, Any]:
+    """Time ``case`` in this process; the figures as a dict."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bfm.model import BFM, build_config, count_parameters
+    from bfm.model.loss import masked_loss
+    from bfm.testing import mock_model_input, mock_species_table
+
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    device = torch.device(case.device)
+    layout = study_layout()
+    table = mock_species_table(layout.species, dims=TABLE_DIMS)
+    base_rss = _current_rss()
+    torch.manual_seed(0)
+    cfg = build_config(case.preset, layout, backbone=case.backbone, species_dims=TABLE_DIMS)
+    model = BFM(cfg, None, table).to(device)
+    step_model = torch.compile(model) if case.compile else model
+    x = mock_model_input(layout, case.batch_size, case.h, case.w, lat_max=72.0, lon_min=-30.0,
+                         res=0.25).to(device, torch.float32)  # fmt: skip
+    targets = {g: torch.zeros_like(x.inputs[g][:, 1]) for g in layout.dynamic}
+    masks = {g: torch.ones_like(t, dtype=torch.bool) for g, t in targets.items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cuda = device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.bf16):
+            out = step_model(x)
+            loss = masked_loss(out, targets, masks, layout, x.lat)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(case.steps + 1):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i:  # the first step warms up (allocations, compilation)
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else _peak_rss()
+    counter = FlopCounterMode(display=False)
+    with counter:  # one more step, uncompiled, to count the model FLOPs
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.bf16):
+            out = model(x)
+            loss = masked_loss(out, targets, masks, layout, x.lat)
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    seconds = statistics.median(times)
+    flops = int(counter.get_total_flops())
+    return {
+        **asdict(case),
+        "parameters": count_parameters(model),
+        "seconds_per_step": seconds,
+        "samples_per_s": case.batch_size / seconds,
+        "peak_memory_bytes": int(peak),
+        "case_memory_bytes": int(peak) if cuda else int(peak - base_rss),
+        "flops_per_step": flops,
+        "tflops_per_s": flops / seconds / 1e12,
+        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+    }
+
+
+def _child(case: Case, queue: Any) -> None:
+    try:
+        queue.put(run_case(case))
+    except BaseException as err:  # reported by the parent, which names the case
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def run_isolated(case: Case) -> dict[str, Any]:
+    """``run_case`` in a fresh child process, so its peak memory is the case's alone."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(case, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    if "error" in result:
+        raise RuntimeError(f"bench {case.preset}/{case.backbone}: {result['error']}")
+    return dict(result)
+
+
+def loader_throughput(h: int, w: int, n_batches: int, workers: int, threads: int | None
+                      ) -> dict[str, Any]:  # fmt: skip
+    """Samples per second of the training data set over ``n_batches`` mock study batches."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from bfm.contracts import catalogue
+    from bfm.contracts.catalogue import DEFAULT_LEVELS
+    from bfm.contracts.grid import Grid
+    from bfm.contracts.sample import Sample
+    from bfm.contracts.stats import load_stats
+    from bfm.testing import random_values, write_sequence, write_stats
+    from bfm.training.data import BatchPairs
+
+    if threads:
+        torch.set_num_threads(threads)
+    grid = Grid(lat_min=72.0 - 0.25 * (h - 1), lat_max=72.0, lon_min=-30.0,
+                lon_max=-30.0 + 0.25 * (w - 1), res=0.25)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bfm-bench-") as tmp:
+        started = time.perf_counter()
+        paths = write_sequence(Path(tmp), n_batches, grid=grid, levels=DEFAULT_LEVELS,
+                               species=tuple(range(1, SPECIES + 1)), value=random_values(0),
+                               groups=catalogue.groups())  # fmt: skip
+        stats = load_stats(write_stats(paths, Path(tmp) / "stats.json"))
+        written = time.perf_counter() - started
+        data = BatchPairs(list[str | Path](paths), stats)
+        loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=workers,
+                            collate_fn=Sample.collate, persistent_workers=workers > 0)  # fmt: skip
+        for _ in loader:  # warm-up pass: workers started, files in the page cache
+            pass
+        started = time.perf_counter()
+        n = 0
+        for _ in range(2):
+            for _ in loader:
+                n += 1
+        seconds = time.perf_counter() - started
+        size = sum(p.stat().st_size for p in paths) / len(paths)
+    return {
+        "workers": workers,
+        "samples": n,
+        "samples_per_s": n / seconds,
+        "batch_file_bytes": int(size),
+        "write_seconds_per_batch": written / n_batches,
+    }
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    try:
+        h, w = (int(v) for v in args.grid.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--grid: expected HxW (e.g. 153x321), got {args.grid!r}") from None
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is visible to PyTorch")
+    results = []
+    for preset in args.presets:
+        for backbone in args.backbones:
+            case = Case(preset, backbone, h, w, args.steps, args.device, args.bf16,
+                        args.compile, args.batch_size, args.threads)  # fmt: skip
+            log.info("bench %s/%s at %dx%d on %s ...", preset, backbone, h, w, args.device)
+            r = run_case(case) if args.device.startswith("cuda") else run_isolated(case)
+            peak = args.peak_tflops or next(
+                (v for k, v in PEAK_TFLOPS.items() if k in r["device_name"]), None
+            )
+            r["mfu"] = r["tflops_per_s"] / peak if peak else None
+            results.append(r)
+            mfu = f"  MFU {100 * r['mfu']:.1f} %" if r["mfu"] is not None else ""
+            print(
+                f"{preset:7s} {backbone:7s} {r['parameters'] / 1e6:6.2f}M  {h}x{w} "
+                f"b{args.batch_size} {r['device_name']}: {r['seconds_per_step']:.3f} s/step, "
+                f"{r['samples_per_s']:.2f} samples/s, peak {_gib(r['peak_memory_bytes'])} "
+                f"(model {_gib(r['case_memory_bytes'])}), "
+                f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step, {r['tflops_per_s']:.3f} TFLOP/s"
+                f"{mfu}",
+                flush=True,
+            )
+    report: dict[str, Any] = {"model": results}
+    if args.loader_batches:
+        loader = loader_throughput(h, w, args.loader_batches, args.workers, args.threads)
+        need = max(r["samples_per_s"] for r in results) if results else 0.0
+        loader["model_samples_per_s"] = need
+        report["loader"] = loader
+        verdict = "keeps up" if loader["samples_per_s"] >= need else "is the bottleneck"
+        print(
+            f"loader  {args.workers} workers: {loader['samples_per_s']:.2f} samples/s "
+            f"({loader['batch_file_bytes'] / 2**20:.0f} MiB per batch file) beside the "
+            f"fastest case's {need:.2f} samples/s: the loader {verdict}",
+            flush=True,
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "bench", __doc__, "benchmarks: model step cost, loader throughput")
+    actions = p.add_subparsers(title="benchmarks", metavar="BENCH", required=True)
+    m = actions.add_parser(
+        "model",
+        help="forward+backward time, peak memory, FLOPs of the presets; loader samples/s",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument(
+        "--presets",
+        nargs="+",
+        default=["small", "medium"],
+        choices=["tiny", "small", "medium"],
+        help="default: small medium",
+    )
+    m.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["swin3d", "mvit"],
+        choices=["swin3d", "mvit"],
+        help="default: both",
+    )
+    m.add_argument("--grid", default="153x321", help="HxW cells (default Europe: 153x321)")
+    m.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up")
+    m.add_argument("--batch-size", type=int, default=1, help="samples per step (default 1)")
+    m.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    m.add_argument("--bf16", action="store_true", help="bf16 autocast (as training on GPUs)")
+    m.add_argument("--compile", action="store_true", help="torch.compile the model")
+    m.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    m.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak TFLOP/s for the MFU (default: known GPUs by name)",
+    )
+    m.add_argument(
+        "--loader-batches",
+        type=int,
+        default=4,
+        help="mock batches for the loader benchmark (0: skip it; default 4)",
+    )
+    m.add_argument("--workers", type=int, default=2, help="loader worker processes (default 2)")
+    m.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    m.set_defaults(func=_run_model)  # fmt: skip

@@ -1,0 +1,35 @@
+"""`bfm bench model`: it measures what it says on a small grid (the real figures come from
+running it at 153 x 321; see the closing notes and benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import json
+
+from bfm.cli import main
+
+
+def test_bench_model_reports_step_cost_memory_flops_and_the_loader(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "model", "--presets", "tiny", "--grid", "17x25", "--steps", "1"]
+    args += ["--loader-batches", "3", "--workers", "0", "--threads", "1", "--json", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    cases = {(r["preset"], r["backbone"]): r for r in report["model"]}
+    assert set(cases) == {("tiny", "swin3d"), ("tiny", "mvit")}
+    for r in cases.values():
+        assert (r["h"], r["w"], r["device_name"]) == (17, 25, "cpu")
+        assert r["seconds_per_step"] > 0 and r["samples_per_s"] == 1 / r["seconds_per_step"]
+        # A forward + backward pass costs more than two FLOPs per parameter applied once.
+        assert r["flops_per_step"] > 2 * r["parameters"] > 0
+        assert r["peak_memory_bytes"] >= r["case_memory_bytes"] > 0
+        assert r["mfu"] is None  # no known peak for a CPU
+    loader = report["loader"]
+    assert loader["samples"] == 2 * 2  # two passes over the 2 pairs of 3 batches
+    assert loader["samples_per_s"] > 0 and loader["batch_file_bytes"] > 0
+    printed = capsys.readouterr().out
+    assert "tiny    swin3d" in printed and "loader  0 workers" in printed
+
+
+def test_bench_model_rejects_a_malformed_grid(caplog):
+    assert main(["bench", "model", "--grid", "153by321", "--loader-batches", "0"]) == 1
+    assert "--grid: expected HxW (e.g. 153x321), got '153by321'" in caplog.text
