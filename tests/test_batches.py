@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ RAW = {
     "era5_surface": "era5/surface/{p}.nc",
     "era5_atmospheric": "era5/atmospheric/{p}.nc",
     "era5_static": "era5/static/static.nc",
-    "species_occurrence": "gbif/occurrences.zip",
+    "species_occurrence": "occurrences/records.parquet",
 }
 
 
@@ -48,6 +49,17 @@ def tiles(tmp_path_factory) -> Path:
             run(["sample", source, name, "--config", str(cfg), "--out", f"{d}/raw/{source}/{name}"])
             == 0
         )
+    # The occurrence records, combined from the GBIF file the workflow's raw folder holds.
+    (d / "results").mkdir()
+    (d / "results/raw").symlink_to(d / "raw")
+    cwd = os.getcwd()
+    try:
+        os.chdir(d)
+        out = f"{d}/raw/occurrences/records.parquet"
+        assert run(["combine", "occurrences", "records.parquet", "--config", str(cfg),
+                    "--out", out]) == 0  # fmt: skip
+    finally:
+        os.chdir(cwd)
     for modality, raw in RAW.items():
         periods = ["2010-01", "2010-02"] if catalogue.modality(modality).periodic else ["static"]
         for p in periods:
