@@ -56,7 +56,10 @@ def file_mode(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_file_mode_builds_everything_from_the_users_files(file_mode):
     plan = Plan(yaml.safe_load((TEST_CONFIGS / "file_mode.yaml").read_text()))
-    assert not (file_mode / "results/raw").exists()  # nothing sampled or downloaded
+    # nothing sampled or downloaded: only the occurrence records combined from the user's GBIF
+    raw = sorted(p.relative_to(file_mode / "results/raw").as_posix()
+                 for p in (file_mode / "results/raw").rglob("*") if p.is_file())  # fmt: skip
+    assert raw == ["occurrences/records.parquet", "occurrences/records.parquet.quarantine.json"]
     with open_tile(file_mode / "results/tiles/era5_surface/2010-01.nc", "era5_surface") as ds:
         assert "2010-01.nc" in ds.attrs["source"]
         with xr.open_dataset(file_mode / "user_files/era5/surface/2010-01.nc") as raw:

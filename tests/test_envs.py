@@ -36,6 +36,7 @@ CONDA_PACKAGE = {
     "sklearn": "scikit-learn",
     "cv2": "opencv",
     "ecmwf": "ecmwf-datastores-client",
+    "soundfile": "pysoundfile",
 }
 # I/O backends loaded by name at run time: engine="..." -> module.
 ENGINES = {

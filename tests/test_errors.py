@@ -17,7 +17,7 @@ import pytest
 import torch
 import xarray as xr
 
-from bfm import cli, regrid
+from bfm import cli, regrid, sources
 from bfm.config import ConfigError, load_config, validate_config
 from bfm.contracts import catalogue, timeaxis
 from bfm.contracts import tile as tiles
@@ -363,7 +363,7 @@ def test_open_tile_names_a_file_that_is_not_netcdf(tmp_path):
 
 # --- bfm tile ------------------------------------------------------------------------------
 def test_tile_of_a_modality_whose_source_is_not_in_the_study():
-    with pytest.raises(ValueError, match=r"species_occurrence: its source 'gbif' is not a source"):
+    with pytest.raises(ValueError, match=r"species_occurrence: its source 'occurrences' is not a "):
         tile_step.build_tile("species_occurrence", "2010-01", ["occ.zip"], era5_only_plan())
 
 
@@ -518,11 +518,17 @@ def test_gbif_has_one_raw_file(tmp_path):
         gbif.GBIF().sample("birds.zip", tmp_path / "birds.zip", study())
 
 
-def test_gbif_tile_of_a_period_outside_the_window(raw):
+def test_occurrence_tile_of_a_period_outside_the_window(raw):
     modality = catalogue.modality("species_occurrence")
-    native = gbif.GBIF().open([raw / "occurrences.zip"], modality, study())
-    with pytest.raises(ValueError, match=r"time: no step of the window falls in period 2011-05"):
-        gbif.GBIF().to_tile(native, modality, study(), "2011-05", PROV)
+    occurrences = sources.get("occurrences")
+    with pytest.raises(ValueError, match=r"records.parquet: time: no step of the window falls "
+                       "in period 2011-05"):  # fmt: skip
+        occurrences.tile([raw / "records.parquet"], modality, study(), "2011-05", PROV)
+    for call in (occurrences.open, gbif.GBIF().open):  # tiles come from the period's records
+        with pytest.raises(ValueError, match="tile|modality"):
+            call([raw / "occurrences.zip"], modality, study())
+    with pytest.raises(ValueError, match="gbif: has no modality"):
+        gbif.GBIF().to_tile(None, modality, study(), "2010-01", PROV)  # type: ignore[arg-type]
 
 
 # --- sources: manifests --------------------------------------------------------------------

@@ -140,6 +140,15 @@ class Plan:
         """Files (besides the config) that writing raw file ``name`` reads."""
         return sources.get(source).raw_inputs(name, self.study)
 
+    def species_media(self) -> dict[str, list[str]]:
+        """The raw files holding media for the species table, per configured source."""
+        out = {}
+        for name in self.config["sources"]:
+            src = sources.get(name)
+            if names := src.media_names(self.study):
+                out[name] = [src.raw_file(n, self.study) for n in names]
+        return out
+
     # --- tiles ----------------------------------------------------------------------------
     def tile(self, modality: Modality, period: str) -> str:
         return str(paths.tile_path(paths.TILES, modality.name, period))

@@ -2,9 +2,11 @@
 
 
 rule species_table:
-    """Taxonomy (and, with the species sources, media embeddings) of every species."""
+    """Taxonomy and media embeddings (photos, recordings, barcodes, descriptions) of every
+    species."""
     input:
-        config["species"],
+        species=config["species"],
+        media=[f for files in PLAN.species_media().values() for f in files],
     output:
         SPECIES_TABLE,
     log:

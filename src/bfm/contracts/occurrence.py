@@ -79,6 +79,7 @@ class Reason(StrEnum):
     OUTSIDE_WINDOW = "outside_window"  # before the study's start or after its end
     CORRUPT_MEDIA = "corrupt_media"
     TOO_LARGE_MEDIA = "too_large_media"
+    UNSUPPORTED_MEDIA = "unsupported_media"  # a format bfm cannot decode (MP3, AAC, ...)
     MEDIA_UNAVAILABLE = "media_unavailable"  # the medium's URL answers 403/404/410
     MEDIA_NOT_OPEN = "media_not_open"  # all rights reserved, or an unknown licence
     UNREADABLE_LINE = "unreadable_line"  # a raw line that is not a record (bad JSON, ...)

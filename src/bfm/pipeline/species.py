@@ -1,22 +1,29 @@
 """bfm species table: the species table of the study (results/species/species.parquet).
 
-One row per species of the config's species list (bfm.contracts.species_table). For now the
-table holds the taxonomy only: the genus is the first word of the scientific name and the
-higher ranks come from the GBIF backbone classification of the genera bfm knows
-(bfm.sources.gbif.TAXONOMY; empty for others); no media embeddings yet (every has_<media>
-is false, with zero-length vectors). The model then gives species their identity from the
-taxonomy alone; media embeddings come with the species sources.
+One row per species of the config's species list (bfm.contracts.species_table): the
+taxonomy (the genus is the first word of the scientific name, the higher ranks the GBIF
+backbone classification of the genera bfm knows: bfm.sources.gbif.TAXONOMY; empty for others)
+and one embedding per media kind (bfm.embeddings: image, audio, eDNA, text), the mean over
+the species' media of every configured source that has media (``Source.media_names``:
+iNaturalist photos, Xeno-canto recordings, BOLD barcodes, Map of Life descriptions). Media are
+read one at a time (the table is built streaming) and stored once per species; a medium that
+does not embed is counted in ``<table>.quarantine.json``. More columns: ``common_name``,
+``red_list_category`` (the species list's column of that name), ``description`` (the first
+text) and ``n_<kind>`` (media embedded per kind).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from bfm.cliutil import add_command, add_config_argument
+from bfm.contracts.occurrence import Quarantine, Reason, empty_media
 from bfm.contracts.species_table import MEDIA, RANKS, SpeciesTable, write_species_table
 from bfm.workflow import Plan, load_plan
 
@@ -43,12 +50,59 @@ def taxonomy_table(plan: Plan) -> SpeciesTable:
     )
 
 
+def species_media(plan: Plan) -> tuple[pd.DataFrame, Callable[[str], bytes]]:
+    """Every configured source's media (``uri`` prefixed ``<source>|``) and their reader."""
+    from bfm import sources
+
+    frames, readers = [], {}
+    for name, files in plan.species_media().items():
+        media, read = sources.get(name).media(files, plan.study)
+        frames.append(media.assign(uri=name + "|" + media["uri"]))
+        readers[name] = read
+        log.info("%s: %d media from %s", name, len(media), ", ".join(files))
+
+    def read_bytes(uri: str) -> bytes:
+        source, _, rest = uri.partition("|")
+        return readers[source](rest)
+
+    return (pd.concat(frames, ignore_index=True) if frames else empty_media()), read_bytes
+
+
+def build_table(plan: Plan, out: Path) -> Path:
+    """Write the species table of the study and its quarantine report."""
+    from bfm.embeddings import embed_media
+    from bfm.sources.gbif import read_species
+
+    base = taxonomy_table(plan)
+    media, read_bytes = species_media(plan)
+    found = embed_media(media, read_bytes, base.keys.tolist())
+    table = SpeciesTable(base.keys, base.names, base.taxonomy, found.embeddings, found.present)
+    species = read_species(plan.study.species)
+    texts = media[media["kind"] == "text"].drop_duplicates("species_key")
+    description = dict(zip(texts["species_key"].astype("int64"), texts["content"], strict=True))
+    extra: dict[str, Sequence[object]] = {
+        "common_name": species["common_name"].astype(str).tolist(),
+        "red_list_category": species.get("red_list_category", pd.Series([""] * len(species)))
+        .astype(str).tolist(),
+        "description": [description.get(int(k), "") for k in base.keys],
+        **{f"n_{m}": found.counts[m].astype(int).tolist() for m in MEDIA},
+    }  # fmt: skip
+    path = write_species_table(table, out, extra)
+    q = Quarantine(str(out))
+    q.saw(len(media))
+    for reason, n in sorted(found.failures.items()):
+        q.count(Reason(reason), n)
+    q.write(out, kept=len(media) - q.n_dropped)
+    counts = ", ".join(f"{m} {int(found.present[m].sum())}/{len(base.keys)}" for m in MEDIA)
+    log.info("wrote %s (%d species; with media: %s); %s", path, len(base.keys), counts,
+             q.summary())  # fmt: skip
+    return path
+
+
 def _run_table(args: argparse.Namespace) -> int:
     plan = load_plan(args.config)
     assert plan is not None  # --config is required
-    table = taxonomy_table(plan)
-    path = write_species_table(table, Path(args.out))
-    log.info("wrote %s (%d species)", path, len(table.keys))
+    build_table(plan, Path(args.out))
     return 0
 
 

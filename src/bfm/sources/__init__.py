@@ -9,6 +9,7 @@ from bfm.sources import (  # noqa: F401  (registers them)
     gbif,
     inaturalist,
     lpi,
+    mol,
     ndvi,
     occurrences,
     redlist,

@@ -28,7 +28,7 @@ Snakemake parses the Snakefile.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -150,6 +150,15 @@ class Source(ABC):
         the workflow declares them, so a tile is rebuilt when one changes (default none)."""
         return []
 
+    def raw_file(self, name: str, study: Study) -> str:
+        """Where raw file ``name`` lies in the study: its raw folder, or the user's (file)."""
+        from bfm import paths
+
+        settings = study.settings(self.name)
+        if settings["mode"] == "file":
+            return self.user_file(str(settings["path"]), name)
+        return str(paths.raw_path(paths.RAW, self.name, name))
+
     def user_file(self, path: str, name: str) -> str:
         """Where raw file ``name`` lies in ``file`` mode, given the config's ``path``."""
         return f"{path.rstrip('/')}/{name}"
@@ -164,6 +173,16 @@ class Source(ABC):
             f"{self.name}: mode 'download' is not offered yet; set "
             f"sources.{self.name}.mode to 'file' (your files) or 'sample'"
         )
+
+    def media_names(self, study: Study) -> list[str]:
+        """Raw files holding the source's media for the species table (default none)."""
+        return []
+
+    def media(self, files: Sequence[str | Path], study: Study
+              ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
+        """The media table (occurrence contract) of the ``media_names`` files, and the reader
+        of a row's ``uri`` (photos and recordings; barcodes and texts are inline)."""
+        raise ValueError(f"{self.name}: has no media")
 
     def combine(self, name: str, out: Path, study: Study) -> Path:
         """Write raw file ``name`` from other sources' raw files (sources that combine)."""

@@ -51,7 +51,7 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -347,6 +347,18 @@ class BOLD(OccurrenceSource):
     def download(self, name: str, out: Path, study: Study) -> Path:
         self._check(name)
         return download(out, read_species(study.species))
+
+    def media_names(self, study: Study) -> list[str]:
+        return [RAW_NAME]
+
+    def media(self, files: Sequence[str | Path], study: Study
+              ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
+        (path,) = files
+
+        def no_file(uri: str) -> bytes:
+            raise ValueError(f"{path}: barcodes are inline, not files ({uri!r})")
+
+        return records(path, read_species(study.species))[1], no_file
 
     def records(self, files: Sequence[str | Path], study: Study
                 ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip

@@ -42,7 +42,7 @@ import logging
 import shutil
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,7 +64,7 @@ from bfm.sources.gbif import read_species
 from bfm.sources.http import CHUNK, Client, DownloadError, Service, Sleep
 from bfm.sources.httpjson import fetch_json, scratch_dir
 from bfm.sources.inaturalist_formats import API, INDEX_COLUMNS, PER_PAGE, WINDOW, request_params
-from bfm.sources.occurrence_base import OccurrenceSource
+from bfm.sources.occurrence_base import OccurrenceSource, zip_reader
 
 __all__ = ["API", "DAILY_BUDGET", "INDEX_COLUMNS", "PER_PAGE", "RAW_NAME", "SERVICE", "WINDOW",
            "download", "download_photos", "open_photos", "records", "request_params", "sample",
@@ -410,17 +410,42 @@ class INaturalist(OccurrenceSource):
             self.seed(study))  # fmt: skip
 
     def _check(self, name: str) -> None:
-        if name != RAW_NAME:
-            raise ValueError(f"inaturalist: raw file {name!r} is not {RAW_NAME!r}")
+        if name not in (RAW_NAME, PHOTOS_NAME):
+            raise ValueError(f"inaturalist: raw file {name!r} is not {RAW_NAME!r} or "
+                             f"{PHOTOS_NAME!r}")  # fmt: skip
+
+    def raw_inputs(self, name: str, study: Study) -> list[str]:
+        if name == PHOTOS_NAME:  # the photos of the observations file beside it
+            return [*super().raw_inputs(name, study), str(self.raw_file(RAW_NAME, study))]
+        return super().raw_inputs(name, study)
 
     def sample(self, name: str, out: Path, study: Study) -> Path:
         self._check(name)
-        return sample(out, read_species(study.species), study.start, study.end, study.grid,
+        species = read_species(study.species)
+        if name == PHOTOS_NAME:
+            return sample_photos(out.with_name(RAW_NAME), out, self.seed(study), species=species)
+        return sample(out, species, study.start, study.end, study.grid,
                       self.seed(study), self.climate_seed(study))  # fmt: skip
 
     def download(self, name: str, out: Path, study: Study) -> Path:
         self._check(name)
-        return download(out, read_species(study.species), study.start, study.end, study.grid)
+        species = read_species(study.species)
+        if name == PHOTOS_NAME:
+            return download_photos(out.with_name(RAW_NAME), out, make_client(), species=species)
+        return download(out, species, study.start, study.end, study.grid)
+
+    def media_names(self, study: Study) -> list[str]:
+        return [PHOTOS_NAME]
+
+    def media(self, files: Sequence[str | Path], study: Study
+              ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
+        (path,) = files
+        index = open_photos(path)
+        table = pd.DataFrame({"record_id": index["record_id"],
+                              "species_key": index["species_key"], "kind": "image",
+                              "uri": index["path"], "content": "", "licence": index["licence"],
+                              "attribution": index["attribution"]})  # fmt: skip
+        return contract.conform_media(table, str(path)), zip_reader(path)
 
     def records(self, files: Sequence[str | Path], study: Study
                 ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip

@@ -33,20 +33,26 @@ import logging
 import re
 import shutil
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from bfm.contracts import occurrence as oc
+from bfm.contracts.catalogue import Modality
 from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.fileio import atomic_path
 from bfm.sources import manifest
-from bfm.sources.gbif import TAXONOMY
+from bfm.sources.base import Source, Study, register
+from bfm.sources.gbif import TAXONOMY, read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -255,3 +261,57 @@ def sample(out: str | Path, species: pd.DataFrame, seed: int = 0) -> Path:
                             url=f"sample:mol?seed={seed}", licence=LICENCE,
                             citation=CITATION)  # fmt: skip
     return path
+
+
+class MapOfLife(Source):
+    """Map of Life: one raw file ``descriptions.json`` (a description of every species, for
+    the species table: its text embedding, common name and red-list category); no modality."""
+
+    name = "mol"
+    licence = LICENCE
+    citation = CITATION
+    service = "mol"
+
+    def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
+        return [RAW_NAME]
+
+    def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
+        return {**super().raw_settings(name, study), "species": study.species}
+
+    def raw_inputs(self, name: str, study: Study) -> list[str]:
+        return [study.species]
+
+    def _check(self, name: str) -> None:
+        if name != RAW_NAME:
+            raise ValueError(f"mol: raw file {name!r} is not {RAW_NAME!r}")
+
+    def sample(self, name: str, out: Path, study: Study) -> Path:
+        self._check(name)
+        return sample(out, read_species(study.species),
+                      int(study.settings(self.name).get("seed", 0)))  # fmt: skip
+
+    def download(self, name: str, out: Path, study: Study) -> Path:
+        self._check(name)
+        return download(out, read_species(study.species))
+
+    def media_names(self, study: Study) -> list[str]:
+        return [RAW_NAME]
+
+    def media(self, files: Sequence[str | Path], study: Study
+              ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
+        (path,) = files
+
+        def no_file(uri: str) -> bytes:
+            raise ValueError(f"{path}: descriptions are inline, not files ({uri!r})")
+
+        return media(descriptions(path, read_species(study.species))[0]), no_file
+
+    def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
+        raise ValueError("mol: has no modality; its descriptions go into the species table")
+
+    def to_tile(self, native: xr.Dataset, modality: Modality, study: Study, period: str,
+                prov: Mapping[str, str]) -> xr.Dataset:  # fmt: skip
+        raise ValueError("mol: has no modality; its descriptions go into the species table")
+
+
+register(MapOfLife())

@@ -8,7 +8,7 @@ source (``bfm.sources.occurrences``) combines the records of all of them into on
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,6 +22,20 @@ if TYPE_CHECKING:
     import xarray as xr
 
 COMBINED_BY = "occurrences"
+
+
+def zip_reader(path: str | Path) -> Callable[[str], bytes]:
+    """``member -> bytes`` of one zip (opened once, on first use)."""
+    import zipfile
+
+    state: dict[str, zipfile.ZipFile] = {}
+
+    def read(member: str) -> bytes:
+        if "zip" not in state:
+            state["zip"] = zipfile.ZipFile(path)
+        return state["zip"].read(member)
+
+    return read
 
 
 class OccurrenceSource(Source):

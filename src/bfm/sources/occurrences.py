@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from bfm import __version__, paths
+from bfm import __version__
 from bfm.contracts import occurrence as contract
 from bfm.contracts import tile as tile_contract
 from bfm.contracts import timeaxis
@@ -99,10 +99,7 @@ def options(study: Study) -> dict[str, Any]:
 
 def member_files(member: OccurrenceSource, study: Study) -> list[str]:
     """Where a member's raw file lies: its raw folder, or the user's (file mode)."""
-    settings = study.settings(member.name)
-    if settings["mode"] == "file":
-        return [member.user_file(str(settings["path"]), member.raw_name)]
-    return [str(paths.raw_path(paths.RAW, member.name, member.raw_name))]
+    return [member.raw_file(member.raw_name, study)]
 
 
 def window(study: Study) -> tuple[pd.Timestamp, pd.Timestamp]:

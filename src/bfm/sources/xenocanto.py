@@ -47,7 +47,8 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,11 @@ from bfm.sources.base import Study, register
 from bfm.sources.gbif import read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
-from bfm.sources.occurrence_base import OccurrenceSource
+from bfm.sources.occurrence_base import OccurrenceSource, zip_reader
 
 API = "https://xeno-canto.org/api/3"
 RAW_NAME = "recordings.jsonl.gz"
+AUDIO_NAME = "audio.zip"
 SERVICE = Service("xenocanto", retries=6, backoff=2.0, min_interval=1.0)
 KEY_ENV = "XC_API_KEY"
 LICENCE = "per recording (field lic): CC BY-NC-SA, BY-NC-ND, BY-SA, BY 4.0 or CC0"
@@ -408,17 +410,41 @@ class XenoCanto(OccurrenceSource):
     raw_name = RAW_NAME
 
     def _check(self, name: str) -> None:
-        if name != RAW_NAME:
-            raise ValueError(f"xenocanto: raw file {name!r} is not {RAW_NAME!r}")
+        if name not in (RAW_NAME, AUDIO_NAME):
+            raise ValueError(f"xenocanto: raw file {name!r} is not {RAW_NAME!r} or "
+                             f"{AUDIO_NAME!r}")  # fmt: skip
+
+    def raw_inputs(self, name: str, study: Study) -> list[str]:
+        if name == AUDIO_NAME:  # the recordings of the file beside it
+            return [*super().raw_inputs(name, study), str(self.raw_file(RAW_NAME, study))]
+        return super().raw_inputs(name, study)
 
     def sample(self, name: str, out: Path, study: Study) -> Path:
         self._check(name)
+        if name == AUDIO_NAME:
+            return sample_audio(out.with_name(RAW_NAME), out, self.seed(study))
         return sample(out, read_species(study.species), study.start, study.end, study.grid,
                       self.seed(study))  # fmt: skip
 
     def download(self, name: str, out: Path, study: Study) -> Path:
         self._check(name)
+        if name == AUDIO_NAME:
+            return download_audio(out.with_name(RAW_NAME), out, Client(SERVICE), quality="C")
         return download(out, read_species(study.species), study.grid)
+
+    def media_names(self, study: Study) -> list[str]:
+        return [AUDIO_NAME]
+
+    def media(self, files: Sequence[str | Path], study: Study
+              ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
+        (path,) = files
+        with zipfile.ZipFile(path) as zf, zf.open("index.csv") as f:
+            index = pd.read_csv(f, dtype=str, keep_default_na=False)
+        table = pd.DataFrame({"record_id": index["record_id"],
+                              "species_key": index["species_key"], "kind": "audio",
+                              "uri": index["member"], "content": "", "licence": index["licence"],
+                              "attribution": index["attribution"]})  # fmt: skip
+        return contract.conform_media(table, str(path)), zip_reader(path)
 
     def records(self, files: Sequence[str | Path], study: Study
                 ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip
