@@ -25,6 +25,13 @@ from werkzeug import Request, Response
 Handler = Callable[[Request], Response]
 
 
+class Waits(list):
+    """A sleep for the HTTP client that records its waits instead of sleeping."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
 def too_many(retry_after: int = 1) -> Handler:
     return lambda request: Response("slow down", 429, {"Retry-After": str(retry_after)})
 

@@ -28,6 +28,7 @@ from bfm.sources.http import Client, DownloadError, Service
 from tests.fakes import (
     Handler,
     Script,
+    Waits,
     cut_body,
     malformed_json,
     ranged,
@@ -39,11 +40,6 @@ from tests.fakes import (
 DEMO = Grid(44.0, 56.0, 0.0, 20.0, 0.5)
 SPECIES = gbif.read_species(Path(__file__).resolve().parents[1] / "resources" / "species.csv")
 LYNX = SPECIES.iloc[:1]
-
-
-class Waits(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 def client(retries: int = 4) -> tuple[Client, Waits]:

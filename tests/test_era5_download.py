@@ -38,6 +38,7 @@ from bfm.sources.http import DownloadError
 from tests.fakes import (
     Handler,
     Script,
+    Waits,
     cut_body,
     json_response,
     ranged,
@@ -51,11 +52,6 @@ GRID = Grid(46.0, 47.0, 8.0, 9.0, 0.5)  # native cover 45.75..47.25 N, 7.75..9.2
 LEVELS = (500, 850)
 SINGLE = "reanalysis-era5-single-levels"
 ERA5 = era5.ERA5()
-
-
-class Waits(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 class FakeCDS:

@@ -26,17 +26,21 @@ from bfm.sources import gbif_api as api
 from bfm.sources import gbif_dwca as dwca
 from bfm.sources import manifest
 from bfm.sources.http import Client, DownloadError, Service
-from tests.fakes import Script, cut_body, malformed_json, ranged, server_error, too_many, truncated
+from tests.fakes import (
+    Script,
+    Waits,
+    cut_body,
+    malformed_json,
+    ranged,
+    server_error,
+    too_many,
+    truncated,
+)
 
 PASSWORD = "pa55-W0rd-never-shown"
 ENV = {"GBIF_USER": "alice", "GBIF_PWD": PASSWORD, "GBIF_EMAIL": "alice@example.org"}
 SPECIES = pd.DataFrame({"gbif_key": [2435240, 5219173], "scientific_name": ["Lynx lynx",
                         "Canis lupus"], "common_name": ["lynx", "wolf"]})  # fmt: skip
-
-
-class Waits(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 def client(retries: int = 4) -> tuple[Client, Waits]:

@@ -10,6 +10,7 @@ from pytest_httpserver import HTTPServer
 from bfm.sources.http import Client, DownloadError, Service, retry_after
 from tests.fakes import (
     Script,
+    Waits,
     cut_body,
     json_response,
     malformed_json,
@@ -20,13 +21,6 @@ from tests.fakes import (
 )
 
 DATA = bytes(range(256)) * 400  # 100 kB
-
-
-class Waits(list):
-    """A sleep that records its waits instead of sleeping."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 def client(retries: int = 4) -> tuple[Client, Waits]:

@@ -16,15 +16,19 @@ from werkzeug import Request, Response
 from bfm.contracts import occurrence as oc
 from bfm.sources import gbif, manifest, mol
 from bfm.sources.http import Client, DownloadError, Service
-from tests.fakes import Script, cut_body, malformed_json, ranged, server_error, too_many, truncated
+from tests.fakes import (
+    Script,
+    Waits,
+    cut_body,
+    malformed_json,
+    ranged,
+    server_error,
+    too_many,
+    truncated,
+)
 
 SPECIES = gbif.read_species(Path(__file__).resolve().parents[1] / "resources" / "species.csv")
 LYNX = SPECIES.iloc[:1]
-
-
-class Waits(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 def client(retries: int = 4) -> tuple[Client, Waits]:

@@ -27,7 +27,7 @@ from bfm.sources import ndvi_download as wire
 from bfm.sources.base import Study
 from bfm.sources.http import DownloadError, Service
 from bfm.testing import PROVENANCE
-from tests.fakes import Script, cut_body, ranged, server_error, too_many, truncated
+from tests.fakes import Script, Waits, cut_body, ranged, server_error, too_many, truncated
 
 MODALITY = catalogue.modality("ndvi")
 T = pd.Timestamp
@@ -392,11 +392,6 @@ NAME = "ndvi_1km_v3/20100211.nc"
 DIR = "/download/netcdf/ndvi/ndvi_1km_v3_10daily/2010/20100211"
 NEW = f"{DIR}/c_gls_NDVI_201002110000_GLOBE_VGT_V3.0.1.nc"
 OLD = f"{DIR}/c_gls_NDVI_201002110000_GLOBE_VGT_V3.0.0.nc"
-
-
-class Waits(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 @pytest.fixture(scope="module")

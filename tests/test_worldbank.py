@@ -25,7 +25,7 @@ from bfm.sources import worldbank_formats as wbf
 from bfm.sources.base import Study
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.testing import PROVENANCE
-from tests.fakes import Script, cut_body, malformed_json, server_error, too_many, truncated
+from tests.fakes import Script, Waits, cut_body, malformed_json, server_error, too_many, truncated
 
 DEMO = Grid(44.0, 56.0, 0.0, 20.0, 0.5)
 SPECIES = str(Path(__file__).resolve().parents[1] / "resources" / "species.csv")
@@ -36,11 +36,6 @@ YEARS = [2010, 2011]
 def study(start="2010-01-01", end="2011-12-31", step="1D", **block) -> Study:
     settings = {"mode": "sample", "seed": 5, **block}
     return Study(DEMO, start, end, step, (), SPECIES, {"worldbank": settings})
-
-
-class Waits(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
 
 
 def client(retries: int = 4) -> tuple[Client, Waits]:

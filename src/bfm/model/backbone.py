@@ -10,6 +10,8 @@ attending across the wrap-around seam (the usual Swin region mask).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -156,17 +158,26 @@ class PatchSplit(nn.Module):
         return self.norm(x.reshape(b, z, 2 * h, 2 * w, -1))
 
 
-class Swin3DBackbone(nn.Module):
-    """``(B, K, Hp, Wp, D)`` -> same shape, any Hp and Wp."""
+Block = Callable[[int, int], nn.Module]  # (width, index in its stage) -> a block
 
-    def __init__(self, cfg: ModelConfig) -> None:
+
+class UNetBackbone(nn.Module):
+    """``(B, K, Hp, Wp, D)`` -> same shape, any Hp and Wp: the U-Net both backbones share.
+
+    Stage 1 at full resolution, patch merging, stage 2 at half resolution and twice the
+    width, patch splitting, the skip fused back in, stage 3. The grid is padded to a multiple
+    of ``multiple`` (both resolutions must tile evenly); blocks take ``(x, valid)`` with the
+    mask of real (unpadded) tokens.
+    """
+
+    def __init__(self, cfg: ModelConfig, block: Block, multiple: tuple[int, int]) -> None:
         super().__init__()
-        d, heads, r, win = cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.window
+        d = cfg.embed_dim
         d1, d2, d3 = cfg.backbone_depths
-        self.window = win
+        self.multiple = multiple
 
         def stage(dim: int, depth: int) -> nn.ModuleList:
-            return nn.ModuleList(SwinBlock(dim, heads, win, r, i % 2 == 1) for i in range(depth))
+            return nn.ModuleList(block(dim, i) for i in range(depth))
 
         self.stage1, self.stage2, self.stage3 = stage(d, d1), stage(2 * d, d2), stage(d, d3)
         self.down, self.up = PatchMerge(d), PatchSplit(d)
@@ -175,7 +186,7 @@ class Swin3DBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         _, z, h, w, _ = x.shape
-        mh, mw = 2 * self.window[1], 2 * self.window[2]
+        mh, mw = self.multiple
         x = F.pad(x, (0, 0, 0, -w % mw, 0, -h % mh))
         valid = torch.zeros(x.shape[1:4], dtype=torch.bool, device=x.device)
         valid[:, :h, :w] = True
@@ -193,6 +204,16 @@ class Swin3DBackbone(nn.Module):
         for blk in self.stage3:
             x = blk(x, valid)
         return self.norm(x)[:, :, :h, :w]
+
+
+class Swin3DBackbone(UNetBackbone):
+    """Shifted windows: plain and shifted blocks alternate in every stage."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        heads, r, win = cfg.num_heads, cfg.mlp_ratio, cfg.window
+        super().__init__(cfg, lambda dim, i: SwinBlock(dim, heads, win, r, i % 2 == 1),
+                         (2 * win[1], 2 * win[2]))  # fmt: skip
+        self.window = win
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:

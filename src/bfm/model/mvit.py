@@ -11,11 +11,10 @@ padding are masked out of the attention.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bfm.model.backbone import PatchMerge, PatchSplit
+from bfm.model.backbone import UNetBackbone
 from bfm.model.config import ModelConfig
 from bfm.model.layers import MLP
 
@@ -72,37 +71,10 @@ class MultiScaleBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class MViTBackbone(nn.Module):
-    """``(B, K, Hp, Wp, D)`` -> same shape, any Hp and Wp."""
+class MViTBackbone(UNetBackbone):
+    """Multiscale pooling attention in every stage (keys and values pooled by ``kv_stride``)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        d, heads, r, s = cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.kv_stride
-        d1, d2, d3 = cfg.backbone_depths
+        heads, r, s = cfg.num_heads, cfg.mlp_ratio, cfg.kv_stride
+        super().__init__(cfg, lambda dim, i: MultiScaleBlock(dim, heads, s, r), (2 * s, 2 * s))
         self.stride = s
-
-        def stage(dim: int, depth: int) -> nn.ModuleList:
-            return nn.ModuleList(MultiScaleBlock(dim, heads, s, r) for _ in range(depth))
-
-        self.stage1, self.stage2, self.stage3 = stage(d, d1), stage(2 * d, d2), stage(d, d3)
-        self.down, self.up = PatchMerge(d), PatchSplit(d)
-        self.fuse = nn.Linear(2 * d, d)
-        self.norm = nn.LayerNorm(d)
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, z, h, w, _ = x.shape
-        m = 2 * self.stride  # both resolutions pool evenly
-        x = F.pad(x, (0, 0, 0, -w % m, 0, -h % m))
-        valid = torch.zeros(x.shape[1:4], dtype=torch.bool, device=x.device)
-        valid[:, :h, :w] = True
-        for blk in self.stage1:
-            x = blk(x, valid)
-        skip = x
-        x = self.down(x * valid[None, ..., None])
-        valid_half = valid[:, ::2, ::2]  # the real region is a top-left box
-        for blk in self.stage2:
-            x = blk(x, valid_half)
-        x = self.fuse(torch.cat([self.up(x), skip], dim=-1))
-        for blk in self.stage3:
-            x = blk(x, valid)
-        return self.norm(x)[:, :, :h, :w]

@@ -69,7 +69,7 @@ from bfm.sources.bold_formats import binomial, read_lines, species_records, writ
 from bfm.sources.gbif import read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
-from bfm.sources.occurrence_base import OccurrenceSource
+from bfm.sources.occurrence_base import OccurrenceSource, inline_media
 
 log = logging.getLogger(__name__)
 
@@ -354,11 +354,7 @@ class BOLD(OccurrenceSource):
     def media(self, files: Sequence[str | Path], study: Study
               ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
         (path,) = files
-
-        def no_file(uri: str) -> bytes:
-            raise ValueError(f"{path}: barcodes are inline, not files ({uri!r})")
-
-        return records(path, read_species(study.species))[1], no_file
+        return records(path, read_species(study.species))[1], inline_media(path)
 
     def records(self, files: Sequence[str | Path], study: Study
                 ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip

@@ -64,7 +64,7 @@ from bfm.sources.gbif import read_species
 from bfm.sources.http import CHUNK, Client, DownloadError, Service, Sleep
 from bfm.sources.httpjson import fetch_json, scratch_dir
 from bfm.sources.inaturalist_formats import API, INDEX_COLUMNS, PER_PAGE, WINDOW, request_params
-from bfm.sources.occurrence_base import OccurrenceSource, zip_reader
+from bfm.sources.occurrence_base import OccurrenceSource, zip_media
 
 __all__ = ["API", "DAILY_BUDGET", "INDEX_COLUMNS", "PER_PAGE", "RAW_NAME", "SERVICE", "WINDOW",
            "download", "download_photos", "open_photos", "records", "request_params", "sample",
@@ -440,12 +440,7 @@ class INaturalist(OccurrenceSource):
     def media(self, files: Sequence[str | Path], study: Study
               ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
         (path,) = files
-        index = open_photos(path)
-        table = pd.DataFrame({"record_id": index["record_id"],
-                              "species_key": index["species_key"], "kind": "image",
-                              "uri": index["path"], "content": "", "licence": index["licence"],
-                              "attribution": index["attribution"]})  # fmt: skip
-        return contract.conform_media(table, str(path)), zip_reader(path)
+        return zip_media(path, open_photos(path), "image", "path")
 
     def records(self, files: Sequence[str | Path], study: Study
                 ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip

@@ -50,6 +50,7 @@ from bfm.sources.base import Source, Study, register
 from bfm.sources.gbif import TAXONOMY, read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
+from bfm.sources.occurrence_base import inline_media
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -300,11 +301,7 @@ class MapOfLife(Source):
     def media(self, files: Sequence[str | Path], study: Study
               ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
         (path,) = files
-
-        def no_file(uri: str) -> bytes:
-            raise ValueError(f"{path}: descriptions are inline, not files ({uri!r})")
-
-        return media(descriptions(path, read_species(study.species))[0]), no_file
+        return media(descriptions(path, read_species(study.species))[0]), inline_media(path)
 
     def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
         raise ValueError("mol: has no modality; its descriptions go into the species table")

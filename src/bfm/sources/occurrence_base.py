@@ -38,6 +38,26 @@ def zip_reader(path: str | Path) -> Callable[[str], bytes]:
     return read
 
 
+def inline_media(path: str | Path) -> Callable[[str], bytes]:
+    """The reader of media held inline (barcodes, texts): there is no file to read."""
+
+    def read(uri: str) -> bytes:
+        raise ValueError(f"{path}: these media are inline (column content), not files ({uri!r})")
+
+    return read
+
+
+def zip_media(path: str | Path, index: pd.DataFrame, kind: str, member: str
+              ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
+    """The media table of a media zip's index (``member``: the column naming each file)."""
+    from bfm.contracts.occurrence import conform_media
+
+    table = index.loc[:, ["record_id", "species_key", "licence", "attribution"]].assign(
+        kind=kind, uri=index[member], content=""
+    )
+    return conform_media(table, str(path)), zip_reader(path)
+
+
 class OccurrenceSource(Source):
     """A source of occurrence records, combined by the ``occurrences`` source.
 

@@ -68,7 +68,7 @@ from bfm.sources.base import Study, register
 from bfm.sources.gbif import read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
-from bfm.sources.occurrence_base import OccurrenceSource, zip_reader
+from bfm.sources.occurrence_base import OccurrenceSource, zip_media
 
 API = "https://xeno-canto.org/api/3"
 RAW_NAME = "recordings.jsonl.gz"
@@ -440,11 +440,7 @@ class XenoCanto(OccurrenceSource):
         (path,) = files
         with zipfile.ZipFile(path) as zf, zf.open("index.csv") as f:
             index = pd.read_csv(f, dtype=str, keep_default_na=False)
-        table = pd.DataFrame({"record_id": index["record_id"],
-                              "species_key": index["species_key"], "kind": "audio",
-                              "uri": index["member"], "content": "", "licence": index["licence"],
-                              "attribution": index["attribution"]})  # fmt: skip
-        return contract.conform_media(table, str(path)), zip_reader(path)
+        return zip_media(path, index, "audio", "member")
 
     def records(self, files: Sequence[str | Path], study: Study
                 ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip
