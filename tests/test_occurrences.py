@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 import zipfile
 from pathlib import Path
@@ -78,8 +79,6 @@ def study_config(tmp_path) -> dict:
 
 
 def _run(tmp_path: Path, config: dict, rows: list[dict[str, str]]) -> Path:
-    import os
-
     study = Study.from_config(config)
     _simple_csv(tmp_path / "gbif.zip", rows)
     os.chdir(tmp_path)  # raw files lie under results/raw/<source>/

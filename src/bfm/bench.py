@@ -203,7 +203,8 @@ def loader_throughput(h: int, w: int, n_batches: int, workers: int, threads: int
                                groups=catalogue.groups())  # fmt: skip
         stats = load_stats(write_stats(paths, Path(tmp) / "stats.json"))
         written = time.perf_counter() - started
-        data = BatchPairs(list[str | Path](paths), stats)
+        batch_files: list[str | Path] = list(paths)
+        data = BatchPairs(batch_files, stats)
         loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=workers,
                             collate_fn=Sample.collate, persistent_workers=workers > 0)  # fmt: skip
         for _ in loader:  # warm-up pass: workers started, files in the page cache

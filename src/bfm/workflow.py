@@ -102,11 +102,7 @@ class Plan:
         """The raw files a tile reads: under results/raw/<source>/ (sample, download) or the
         user's (file mode)."""
         src = sources.get(modality.source)
-        names = src.raw_names(modality, period, self.study)
-        if self.source_mode(src.name) == "file":
-            root = str(self.study.settings(src.name)["path"])
-            return [src.user_file(root, n) for n in names]
-        return [str(paths.raw_path(paths.RAW, src.name, n)) for n in names]
+        return [src.raw_file(n, self.study) for n in src.raw_names(modality, period, self.study)]
 
     def orphaned_tiles(self) -> list[tuple[str, str]]:
         """(tile, missing raw file) for existing tiles whose file-mode inputs do not exist.

@@ -92,6 +92,22 @@ class Study:
         """``sources.<source>.options``: the source's own settings (its module documents them)."""
         return self.settings(source).get("options", {})
 
+    def options_with(self, source: str, defaults: Mapping[str, Any],
+                     more: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+        """The source's options over ``defaults``; a key that is neither a default nor in
+        ``more`` is an error naming it."""
+        given = dict(self.options(source))
+        known = sorted({*defaults, *more})
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValueError(f"config: sources.{source}.options: unknown key(s) {unknown} "
+                             f"(known: {known})")  # fmt: skip
+        return {**defaults, **given}
+
+    def years(self) -> list[int]:
+        """The calendar years the window touches."""
+        return list(range(pd.Timestamp(self.start).year, pd.Timestamp(self.end).year + 1))
+
     def times_in(self, period: str) -> pd.DatetimeIndex:
         """The model times of a tile period (none for ``static``)."""
         if period == catalogue.STATIC_PERIOD:

@@ -345,9 +345,8 @@ def _read_table(path: Path, all_columns: bool) -> tuple[pd.DataFrame, str]:
     from bfm.sources import gbif_dwca  # members checked: no traversal, no zip bomb
 
     with gbif_dwca.open_zip_member(path, ".csv") as f:
-        member = f.name if isinstance(getattr(f, "name", None), str) else ""
         table = pd.read_csv(io.TextIOWrapper(f, "utf-8"), **options)
-    member = member or next(m for m in gbif_dwca.members(path) if m.endswith(".csv"))
+    member = next(m for m in gbif_dwca.members(path) if m.endswith(".csv"))  # the one read
     return table, f"{path}:{member}"
 
 
@@ -460,15 +459,10 @@ class GBIF(OccurrenceSource):
         # file mode: `path` is the download zip itself (or a folder holding occurrences.zip)
         return path if path.endswith((".zip", ".csv")) else super().user_file(path, name)
 
-    def climate_seed(self, study: Study) -> int:
-        era5 = study.sources.get("era5", {})
-        own = int(study.settings(self.name).get("seed", 0))
-        return int(era5.get("seed", own)) if era5.get("mode") == "sample" else own
-
     def sample(self, name: str, out: Path, study: Study) -> Path:
         if name != RAW_NAME:
             raise ValueError(f"gbif: raw file {name!r} is not {RAW_NAME!r}")
-        seed = int(study.settings(self.name).get("seed", 0))
+        seed = self.seed(study)
         return sample(
             out,
             read_species(study.species),

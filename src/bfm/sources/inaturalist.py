@@ -404,11 +404,6 @@ class INaturalist(OccurrenceSource):
     def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
         return {**super().raw_settings(name, study), "climate_seed": self.climate_seed(study)}
 
-    def climate_seed(self, study: Study) -> int:
-        era5 = study.sources.get("era5", {})
-        return int(era5.get("seed", self.seed(study))) if era5.get("mode") == "sample" else (
-            self.seed(study))  # fmt: skip
-
     def _check(self, name: str) -> None:
         if name not in (RAW_NAME, PHOTOS_NAME):
             raise ValueError(f"inaturalist: raw file {name!r} is not {RAW_NAME!r} or "

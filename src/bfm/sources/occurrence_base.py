@@ -84,6 +84,13 @@ class OccurrenceSource(Source):
     def seed(self, study: Study) -> int:
         return int(study.settings(self.name).get("seed", 0))
 
+    def climate_seed(self, study: Study) -> int:
+        """The seed of the sample climate the sample records follow: the ERA5 sample's when
+        ERA5 is sampled (the species layer is then learnable from the ERA5 layer), else own."""
+        era5 = study.sources.get("era5", {})
+        own = self.seed(study)
+        return int(era5.get("seed", own)) if era5.get("mode") == "sample" else own
+
     @abstractmethod
     def records(
         self, files: Sequence[str | Path], study: Study

@@ -80,12 +80,8 @@ def members(study: Study) -> list[OccurrenceSource]:
 
 
 def options(study: Study) -> dict[str, Any]:
-    given = study.sources.get(NAME, {}).get("options", {})
-    opts = {**DEFAULTS, **{k: v for k, v in given.items() if k != "members"}}
-    unknown = sorted(set(opts) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"config: sources.{NAME}.options: unknown key(s) {unknown} "
-                         f"(known: members, {', '.join(DEFAULTS)})")  # fmt: skip
+    opts = study.options_with(NAME, DEFAULTS, more=["members"])
+    opts.pop("members", None)
     if opts["date_precision"] not in contract.PRECISION_MODES:
         raise ValueError(f"config: sources.{NAME}.options.date_precision: "
                          f"{opts['date_precision']!r} is not one of "
@@ -130,13 +126,12 @@ def combine(study: Study, out: Path) -> Path:
         overlaps &= ~((end == np.datetime64(t0)) & (end > start))  # ends as the window begins
         table = q.drop(~overlaps, Reason.OUTSIDE_WINDOW, table)
         cleaned[member.name] = table
-        per_source[member.name] = q.report(kept=len(table), extra={"media_dropped": media_dropped})
+        per_source[member.name] = q.report(extra={"media_dropped": media_dropped})
         total.merge(q)
     both = contract.deduplicate(cleaned, total)
     both = both.sort_values(["start", "record_id"], kind="stable", ignore_index=True)
     for name in per_source:  # a republication kept once counts as a duplicate of its source
-        kept = int((both["source"] == name).sum())
-        per_source[name]["kept"] = kept
+        per_source[name]["kept"] = int((both["source"] == name).sum())
     with atomic_path(out) as tmp:
         both.to_parquet(tmp, index=False, row_group_size=100_000)
     total.write(out, kept=len(both), extra={"sources": per_source, "options": opts})

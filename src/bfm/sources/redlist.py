@@ -84,16 +84,7 @@ CITATION = ("IUCN and BirdLife International, Red List Index (SDG indicator 15.5
 
 def options(study: Study) -> dict[str, Any]:
     """The source's options with defaults; an unknown key is an error."""
-    given = dict(study.options("redlist"))
-    unknown = sorted(set(given) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"config: sources.redlist.options: unknown key(s) {unknown} "
-                         f"(known: {sorted(OPTIONS)})")  # fmt: skip
-    return {**OPTIONS, **given}
-
-
-def window_years(study: Study) -> list[int]:
-    return list(range(pd.Timestamp(study.start).year, pd.Timestamp(study.end).year + 1))
+    return study.options_with("redlist", OPTIONS)
 
 
 # --- categories and the index ----------------------------------------------------------------
@@ -263,7 +254,7 @@ def table(files: Sequence[str | Path], modality: Modality, study: Study) -> xr.D
 
     opts = options(study)
     found = countries.load(opts["boundaries"])
-    years = window_years(study)
+    years = study.years()
     rli_files = [Path(f) for f in files if Path(f).name != IUCN_FILE]
     if len(rli_files) != 1:
         raise ValueError(f"redlist: expected one RLI file among {list(files)}")
@@ -302,7 +293,7 @@ class RedList(Source):
         out: dict[str, Any] = {"source": dict(study.settings(self.name))}
         if name == IUCN_FILE:
             return {**out, "species": study.species}
-        years = window_years(study)
+        years = study.years()
         return {**out, "years": [years[0], years[-1]]}
 
     def raw_inputs(self, name: str, study: Study) -> list[str]:
@@ -329,8 +320,8 @@ class RedList(Source):
         opts, seed = options(study), int(study.settings(self.name).get("seed", 0))
         if name == RLI_FILE:
             m49 = m49_codes(opts["boundaries"], opts["codes"])
-            body: Any = redlist_formats.sample_rli(m49, window_years(study), seed)
-            request = sdg_request(m49, window_years(study), int(opts["page_size"]))
+            body: Any = redlist_formats.sample_rli(m49, study.years(), seed)
+            request = sdg_request(m49, study.years(), int(opts["page_size"]))
         elif name == IUCN_FILE:
             species = gbif.read_species(study.species)
             body = redlist_formats.sample_iucn(species, seed, str(opts["scope"]))
@@ -348,7 +339,7 @@ class RedList(Source):
         opts = options(study)
         if name == RLI_FILE:
             m49 = m49_codes(opts["boundaries"], opts["codes"])
-            request = sdg_request(m49, window_years(study), int(opts["page_size"]))
+            request = sdg_request(m49, study.years(), int(opts["page_size"]))
             return download_rli(out, request, Client(SDG_SERVICE), str(opts["sdg_api"]))
         if name == IUCN_FILE:
             return download_iucn(out, gbif.read_species(study.species), iucn_client(),

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from bfm.contracts.catalogue import Modality
 from bfm.fileio import atomic_path
@@ -67,16 +66,7 @@ CITATION = "World Bank, World Development Indicators (WDI), https://data.worldba
 
 def options(study: Study) -> dict[str, Any]:
     """The source's options with defaults; an unknown key is an error."""
-    given = dict(study.options("worldbank"))
-    unknown = sorted(set(given) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"config: sources.worldbank.options: unknown key(s) {unknown} "
-                         f"(known: {sorted(OPTIONS)})")  # fmt: skip
-    return {**OPTIONS, **given}
-
-
-def window_years(study: Study) -> list[int]:
-    return list(range(pd.Timestamp(study.start).year, pd.Timestamp(study.end).year + 1))
+    return study.options_with("worldbank", OPTIONS)
 
 
 def parse_name(name: str) -> str:
@@ -158,7 +148,7 @@ def table(files: Sequence[str | Path], modality: Modality, study: Study) -> xr.D
     import xarray as xr
 
     found = countries.load(options(study)["boundaries"])
-    years = window_years(study)
+    years = study.years()
     by_code = {_code_of(Path(f)): Path(f) for f in files}
     data_vars, updated = {}, {}
     for var in modality.variables:
@@ -201,7 +191,7 @@ class WorldBank(Source):
 
     def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
         # Country values: the grid does not change a raw file; the window's years do.
-        years = window_years(study)
+        years = study.years()
         return {"source": dict(study.settings(self.name)), "years": [years[0], years[-1]]}
 
     def tile_inputs(self, modality: Modality, study: Study) -> list[str]:
@@ -220,11 +210,11 @@ class WorldBank(Source):
     def sample(self, name: str, out: Path, study: Study) -> Path:
         opts, seed = options(study), int(study.settings(self.name).get("seed", 0))
         return sample(out, parse_name(name), opts["boundaries"], opts["codes"],
-                      window_years(study), seed, int(opts["per_page"]))  # fmt: skip
+                      study.years(), seed, int(opts["per_page"]))  # fmt: skip
 
     def download(self, name: str, out: Path, study: Study) -> Path:
         opts = options(study)
-        return download(out, parse_name(name), window_years(study), Client(SERVICE),
+        return download(out, parse_name(name), study.years(), Client(SERVICE),
                         str(opts["api"]), int(opts["per_page"]))  # fmt: skip
 
     def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
