@@ -29,7 +29,7 @@ RAW = {
 
 
 def write_config(path: Path, **changes) -> Path:
-    cfg = demo_config(grid=GRID, species=str(ROOT / "resources/species.csv"), **changes)
+    cfg = demo_config(grid=GRID, species=str(ROOT / "tests/species.csv"), **changes)
     cfg["time"] = dict(TIME)
     # ERA5 and GBIF: enough to test the batching (the e2e suite batches every source).
     cfg["sources"] = {s: cfg["sources"][s] for s in ("era5", "gbif")}

@@ -38,7 +38,7 @@ from tests.fakes import (
 )
 
 DEMO = Grid(44.0, 56.0, 0.0, 20.0, 0.5)
-SPECIES = gbif.read_species(Path(__file__).resolve().parents[1] / "resources" / "species.csv")
+SPECIES = gbif.read_species(Path(__file__).resolve().parents[1] / "tests" / "species.csv")
 LYNX = SPECIES.iloc[:1]
 
 

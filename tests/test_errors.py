@@ -53,7 +53,7 @@ from bfm.training.config import TrainConfig
 from bfm.training.distributed import DistEnv
 from bfm.workflow import Plan
 
-SPECIES_CSV = ROOT / "resources" / "species.csv"
+SPECIES_CSV = ROOT / "tests" / "species.csv"
 TINY = Grid(46.0, 47.0, 8.0, 9.0, 0.5)  # 3 x 3 cells, native ERA5 7 x 7
 WINDOW = ("2010-01-01", "2010-01-05")
 PROV = provenance(None, {"test": "errors"})

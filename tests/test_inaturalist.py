@@ -32,7 +32,7 @@ from bfm.sources.httpjson import scratch_dir
 from tests.fakes import Script, Waits, cut_body, malformed_json, server_error, too_many, truncated
 
 DEMO = Grid(44.0, 56.0, 0.0, 20.0, 0.5)
-SPECIES = gbif.read_species(Path(__file__).resolve().parents[1] / "resources" / "species.csv")
+SPECIES = gbif.read_species(Path(__file__).resolve().parents[1] / "tests" / "species.csv")
 START, END = "2010-05-01", "2010-05-31"
 PER_PAGE = 40
 T = pd.Timestamp

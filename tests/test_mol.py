@@ -27,7 +27,7 @@ from tests.fakes import (
     truncated,
 )
 
-SPECIES = gbif.read_species(Path(__file__).resolve().parents[1] / "resources" / "species.csv")
+SPECIES = gbif.read_species(Path(__file__).resolve().parents[1] / "tests" / "species.csv")
 LYNX = SPECIES.iloc[:1]
 
 

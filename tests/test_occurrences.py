@@ -20,10 +20,10 @@ from bfm.contracts import catalogue
 from bfm.contracts.occurrence import read_quarantine
 from bfm.sources import gbif, gbif_dwca, inaturalist
 from bfm.sources.base import Study
-from bfm.sources.occurrences import combine, read_records
+from bfm.sources.occurrences import combine, combine_effort, read_records
 from bfm.testing import ROOT, demo_config
 
-LYNX = 2435240  # resources/species.csv
+LYNX = 2435240  # tests/species.csv
 ROW = dict.fromkeys(gbif.SIMPLE_CSV_COLUMNS, "")
 
 
@@ -70,7 +70,8 @@ ROWS = [
 def study_config(tmp_path) -> dict:
     """The demo config with GBIF from a file and iNaturalist from its sample."""
     config = demo_config()
-    config["species"] = str(ROOT / "resources/species.csv")
+    config["species"] = str(ROOT / "tests/species.csv")
+    config.pop("species_subset")
     config["sources"] = {
         "gbif": {"mode": "file", "path": str(tmp_path / "gbif.zip")},
         "inaturalist": {"mode": "sample", "seed": 3},
@@ -152,13 +153,14 @@ def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path):
             f.write(zero)
     began = time.perf_counter()
     with pytest.raises(ValueError, match="zip bomb"):
-        gbif.records(bomb, gbif.read_species(ROOT / "resources/species.csv"))
+        gbif.records(bomb, gbif.read_species(ROOT / "tests/species.csv"))
     assert time.perf_counter() - began < 2.0
 
 
 def _tile(tmp_path: Path, config: dict, dates: list[str], step: str, mode: str) -> xr.Dataset:
     config = {**config, "time": {**config["time"], "step": step}}
-    config["sources"] = {"gbif": config["sources"]["gbif"], "occurrences": {
+    gbif_file = {**config["sources"]["gbif"], "options": {"effort": False}}  # no cube here
+    config["sources"] = {"gbif": gbif_file, "occurrences": {
         "mode": "combine", "options": {"date_precision": mode}}}  # fmt: skip
     config = validate_config(config)
     rows = [_row(i, eventDate=d) for i, d in enumerate(dates)]
@@ -166,7 +168,8 @@ def _tile(tmp_path: Path, config: dict, dates: list[str], step: str, mode: str) 
     study = Study.from_config(config)
     modality = catalogue.modality("species_occurrence")
     src = sources.get("occurrences")
-    return src.tile([out], modality, study, "2010-01", {"settings_hash": "x"})
+    effort = combine_effort(study, out.with_name("effort.parquet"))
+    return src.tile([out, effort], modality, study, "2010-01", {"settings_hash": "x"})
 
 
 @pytest.mark.parametrize("mode", ["exclude", "spread"])
@@ -240,3 +243,58 @@ def test_the_demo_combines_every_occurrence_source():
     assert json.dumps(config["sources"]["occurrences"]["options"], sort_keys=True) == (
         '{"date_precision": "exclude", "max_uncertainty_m": 10000}'
     )
+
+
+def test_without_a_gbif_cube_the_effort_is_the_class_records_known_to_the_day(
+    tmp_path, study_config, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    dates = ["2010-01-05", "2010-01-05T13:20:00Z", "2010-01"]  # the month: not a day's effort
+    ds = _tile(tmp_path, study_config, dates, "6h", "exclude")
+    assert ds.attrs["effort_source"] == "records"
+    keys = list(ds["species_key"].values)
+    effort = ds["effort"].isel(species=keys.index(LYNX)).sum(("latitude", "longitude"))
+    day = effort.sel(time=slice("2010-01-05", "2010-01-05T18:00")).values
+    assert np.allclose(day, [0.5, 0.5, 0.5, 0.5])  # two records that day, spread over it
+    assert float(effort.sum()) == pytest.approx(2.0)
+    # every mammal carries the class's effort; the robin (Aves) none
+    classes = pd.read_csv(ROOT / "tests/species.csv").set_index("gbif_key")["class"]
+    for i, key in enumerate(keys):
+        total = float(ds["effort"].isel(species=i).sum())
+        assert total == pytest.approx(2.0 if classes[key] == "Mammalia" else 0.0)
+    report = read_quarantine(tmp_path / "results/raw/occurrences/effort.parquet.quarantine.json")
+    assert report["dropped"] == {"date_coarser_than_step": 1}
+    grid = Study.from_config(validate_config(study_config)).grid
+    assert np.allclose(ds["cell_area"].values, grid.cell_areas(), rtol=1e-6)
+    assert ds["cell_area"].attrs["standard_name"] == "cell_area"
+    assert ds["occurrence"].attrs["cell_measures"] == "area: cell_area"
+
+
+def test_the_gbif_effort_cube_counts_the_class_records_beside_the_species(tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    config = demo_config(species=str(ROOT / "tests/species.csv"))
+    config["sources"] = {"era5": config["sources"]["era5"], "gbif": config["sources"]["gbif"]}
+    config = validate_config(config)
+    study = Study.from_config(config)
+    gbif_src, occ = sources.get("gbif"), sources.get("occurrences")
+    assert occ.raw_inputs("effort.parquet", study)[0] == "results/raw/gbif/effort.zip"
+    assert gbif_src.raw_inputs("effort.zip", study)[0] == "results/raw/gbif/occurrences.zip"
+    for name in ("occurrences.zip", "effort.zip"):
+        out = Path("results/raw/gbif") / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        gbif_src.sample(name, out, study)
+    records = combine(study, Path("results/raw/occurrences/records.parquet"))
+    effort = combine_effort(study, records.with_name("effort.parquet"))
+    modality = catalogue.modality("species_occurrence")
+    ds = occ.tile([records, effort], modality, study, "2010-01", {"settings_hash": "x"})
+    assert ds.attrs["effort_source"] == "gbif"
+    classes = pd.read_csv(ROOT / "tests/species.csv")["class"].to_numpy()
+    for cls in set(classes):
+        of = np.flatnonzero(classes == cls)
+        found = ds["occurrence"].isel(species=of).sum("species").values
+        cube = ds["effort"].isel(species=of[0]).values
+        assert (ds["effort"].isel(species=of).values == cube[:, None]).all()  # one per class
+        assert (cube >= found - 1e-6).all() and cube.sum() > 2 * found.sum()  # + background
+    report = read_quarantine(effort.with_name("effort.parquet.quarantine.json"))
+    assert report["dropped"] and report["kept"] > 0  # the sample's bad rows, counted

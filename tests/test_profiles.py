@@ -23,7 +23,8 @@ SNELLIUS = str(ROOT / "profiles/snellius")
 LOCAL = str(ROOT / "profiles/local")
 # Rules that run as a SLURM job of their own; every other rule is bundled (group-components).
 SINGLE_JOB_RULES = {"train", "evaluate", "stats"}
-LOCAL_RULES = {"download"}  # run by the Snakemake process itself (compute nodes: no internet)
+# Run by the Snakemake process itself (compute nodes: no internet).
+LOCAL_RULES = {"download", "species_list"}
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from bfm.testing import PROVENANCE
 from tests.fakes import Script, Waits, cut_body, malformed_json, server_error, too_many, truncated
 
 DEMO = Grid(44.0, 56.0, 0.0, 20.0, 0.5)
-SPECIES = str(Path(__file__).resolve().parents[1] / "resources" / "species.csv")
+SPECIES = str(Path(__file__).resolve().parents[1] / "tests" / "species.csv")
 YEARS = [2010, 2011]
 TOKEN = "PLANTED-IUCN-TOKEN-7f3a9c"
 

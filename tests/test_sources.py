@@ -20,7 +20,7 @@ from bfm.testing import EUROPE_GRID as EUROPE
 
 SMALL = Grid(46.0, 48.0, 8.0, 10.0, 0.5)
 DEMO = Grid(44.0, 56.0, 0.0, 20.0, 0.5)
-SPECIES_CSV = Path(__file__).resolve().parents[1] / "resources" / "species.csv"
+SPECIES_CSV = Path(__file__).resolve().parents[1] / "tests" / "species.csv"
 
 
 # --- ERA5 ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ HALF = Grid(46.0, 47.5, 8.0, 9.5, 0.5)
 QUARTER = era5.native_grid(HALF)  # 45.75..47.75 N, 7.75..9.75 E
 WINDOW = ("2010-01-01", "2010-02-28")
 PROV = provenance(None, {"test": "tiles"})
-SPECIES_CSV = Path(__file__).resolve().parents[1] / "resources" / "species.csv"
+SPECIES_CSV = Path(__file__).resolve().parents[1] / "tests" / "species.csv"
 ERA5, GBIF = era5.ERA5(), gbif.GBIF()
 SOURCES = {"era5": {"mode": "sample", "seed": 5}, "gbif": {"mode": "sample", "seed": 2},
            "occurrences": {"mode": "combine"}}  # fmt: skip
@@ -336,9 +336,12 @@ def test_cli_sample_and_tile_end_to_end(tmp_path, monkeypatch):
     raw_gbif = Path("results/raw/gbif/occurrences.zip")  # combine reads the raw folder
     monkeypatch.chdir(tmp_path)
     assert run(f"sample gbif occurrences.zip --config {cfg} --out {raw_gbif}") == 0
-    assert run(f"combine occurrences records.parquet --config {cfg} --out "
-               f"{raw}/occurrences/records.parquet") == 0  # fmt: skip
-    assert (raw / "occurrences/records.parquet.quarantine.json").is_file()
+    effort = raw_gbif.with_name("effort.zip")
+    assert run(f"sample gbif effort.zip --config {cfg} --out {effort}") == 0
+    for name in ("records.parquet", "effort.parquet"):
+        assert run(f"combine occurrences {name} --config {cfg} --out "
+                   f"{raw}/occurrences/{name}") == 0  # fmt: skip
+        assert (raw / f"occurrences/{name}.quarantine.json").is_file()
     inputs = {
         "era5_surface": "era5/surface/2010-02.nc",
         "era5_static": "era5/static/static.nc",
@@ -347,9 +350,10 @@ def test_cli_sample_and_tile_end_to_end(tmp_path, monkeypatch):
     }
     for modality, name in inputs.items():
         period = "2010-02" if catalogue.modality(modality).periodic else "static"
+        more = f" {raw}/occurrences/effort.parquet" if modality == "species_occurrence" else ""
         assert (
             run(
-                f"tile {modality} --period {period} --input {raw}/{name} --config {cfg} "
+                f"tile {modality} --period {period} --input {raw}/{name}{more} --config {cfg} "
                 f"--out {out}/{modality}/{period}.nc"
             )
             == 0

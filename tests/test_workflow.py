@@ -56,7 +56,10 @@ def test_file_mode_points_at_the_users_files():
     cfg = yaml.safe_load((ROOT / "config/europe.yaml").read_text())
     plan = Plan(cfg)
     surface, species = (catalogue.modality(m) for m in ("era5_surface", "species_occurrence"))
-    assert plan.raw_files(species, "2000-01") == ["results/raw/occurrences/records.parquet"]
+    assert plan.raw_files(species, "2000-01") == [
+        "results/raw/occurrences/records.parquet",
+        "results/raw/occurrences/effort.parquet",
+    ]
     assert plan.raw_files(catalogue.modality("lpi"), "2000") == ["resources/lpi/LPD.csv"]
     # The occurrence sources' files (downloaded in the study) are combined by one rule.
     assert plan.raw_inputs("occurrences", "records.parquet")[:2] == [
@@ -86,10 +89,11 @@ def test_targeted_batch_builds_exactly_its_inputs(workdir):
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, re.M))
     # Two months of tiles (the batch crosses into February), one batch, nothing else.
     # Raw files: ERA5 2 surface + 2 atmospheric + static, 6 NDVI dekads, the GBIF export,
-    # iNaturalist, Xeno-canto and BOLD, the LPD, 2 Red List files and 6 World Bank
-    # indicators; the occurrence records combined once.
-    assert jobs == {"sample": "24", "combine": "1", "tile": "19", "batch": "1",
-                    "total": "45"}, out.stdout  # fmt: skip
+    # iNaturalist, Xeno-canto and BOLD, the LPD, the Red List Index (the categories are the
+    # species list's) and 6 World Bank indicators, the GBIF effort cube; the occurrence
+    # records and the effort combined once, the demo's species list resolved once.
+    assert jobs == {"sample": "24", "combine": "2", "species_list": "1", "tile": "19",
+                    "batch": "1", "total": "47"}, out.stdout  # fmt: skip
 
 
 def test_targeted_batch_inside_one_month(workdir):
@@ -97,8 +101,8 @@ def test_targeted_batch_inside_one_month(workdir):
     assert out.returncode == 0, out.stderr
     jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", out.stdout, re.M))
     # One month less: 2 ERA5 files, 3 NDVI dekads and 9 tiles fewer.
-    assert jobs == {"sample": "19", "combine": "1", "tile": "10", "batch": "1",
-                    "total": "31"}, out.stdout  # fmt: skip
+    assert jobs == {"sample": "19", "combine": "2", "species_list": "1", "tile": "10",
+                    "batch": "1", "total": "33"}, out.stdout  # fmt: skip
 
 
 def test_broken_config_stops_before_any_job(workdir):
@@ -169,14 +173,15 @@ def test_a_config_change_reruns_what_it_affects_and_nothing_else(workdir):
 
     edit(lambda c: c["train"].update(lr=0.01))  # training only: no data job reruns
     assert _jobs(workdir, target) == {}
-    # One occurrence source: its raw file, the combined records and the species tile.
+    # One occurrence source: its records and effort cube, the combined records and effort,
+    # and the species tile.
     edit(lambda c: c["sources"]["gbif"].update(seed=8))
-    assert _jobs(workdir, target) == {"sample": "1", "combine": "1", "tile": "1", "batch": "1",
-                                      "total": "4"}  # fmt: skip
+    assert _jobs(workdir, target) == {"sample": "2", "combine": "2", "tile": "1", "batch": "1",
+                                      "total": "6"}  # fmt: skip
     # era5, and gbif and inaturalist (their samples follow its climate seed)
     edit(lambda c: c["sources"]["era5"].update(seed=1))
-    assert _jobs(workdir, target) == {"sample": "5", "combine": "1", "tile": "4", "batch": "1",
-                                      "total": "11"}  # fmt: skip
+    assert _jobs(workdir, target) == {"sample": "6", "combine": "2", "tile": "4", "batch": "1",
+                                      "total": "13"}  # fmt: skip
     # The user's files in file mode: missing ones stop the run before any job, naming them.
     edit(lambda c: c["sources"].update(era5={"mode": "file", "path": "nowhere/era5"}))
     out = dry_run(workdir, target)

@@ -33,7 +33,7 @@ from bfm.sources.httpjson import scratch_dir
 from tests.fakes import Script, cut_body, malformed_json, ranged, server_error, too_many, truncated
 
 DEMO = Grid(44.0, 56.0, 0.0, 20.0, 0.5)
-SPECIES = read_species(Path(__file__).resolve().parents[1] / "resources" / "species.csv")
+SPECIES = read_species(Path(__file__).resolve().parents[1] / "tests" / "species.csv")
 KEY = "xc-Secret-7f3a9b2c"  # distinctive, so that a leak is found wherever it lands
 ROBIN = "Erithacus rubecula"
 TAG = re.compile(r'\s*([a-z]+(?:-[a-z]+)*):("[^"]*"|[^\s"]+)')

@@ -361,7 +361,8 @@ EMBEDDERS: dict[str, Callable[[Any], np.ndarray]] = {
 
 
 def embed_media(media: pd.DataFrame, read_bytes: Callable[[str], bytes],
-                species_keys: Sequence[int]) -> MediaEmbeddings:  # fmt: skip
+                species_keys: Sequence[int],
+                encoders: Mapping[str, Any] | None = None) -> MediaEmbeddings:  # fmt: skip
     """Embed every row of a media table (occurrence contract) and average per species.
 
     Images and recordings are read with ``read_bytes(uri)`` (a path, a zip member: the
@@ -370,6 +371,9 @@ def embed_media(media: pd.DataFrame, read_bytes: Callable[[str], bytes],
     ``read_bytes`` raises one) and a row whose species is not in ``species_keys`` are counted
     in ``failures`` by reason; other errors of ``read_bytes`` (a missing file: the raw folder
     is not what the media table says) propagate, with a note naming the row.
+
+    ``encoders`` replace the descriptors of some kinds (``bfm.embeddings_pretrained``: each
+    a callable with a ``dim``).
     """
     missing = [c for c in ("record_id", "species_key", "kind", "uri", "content")
                if c not in media.columns]  # fmt: skip
@@ -378,7 +382,9 @@ def embed_media(media: pd.DataFrame, read_bytes: Callable[[str], bytes],
     unknown = sorted(set(media["kind"].astype(str).unique()) - set(KINDS))
     if unknown:
         raise ValueError(f"media kind(s) {unknown} are not one of {list(KINDS)}")
-    acc = SpeciesMediaAccumulator(species_keys)
+    embedders = {**EMBEDDERS, **(encoders or {})}
+    dims = {**DIMS, **{k: int(e.dim) for k, e in (encoders or {}).items()}}
+    acc = SpeciesMediaAccumulator(species_keys, dims)
     failures: Counter[str] = Counter()
     # Row by row from the columns' own iterators: no copy of the table's strings is made.
     rows = zip(*(media[c] for c in ("record_id", "species_key", "kind", "uri", "content")),
@@ -391,7 +397,7 @@ def embed_media(media: pd.DataFrame, read_bytes: Callable[[str], bytes],
             continue
         uri, content = (v if isinstance(v, str) else "" for v in (uri, content))
         try:
-            vector = _embed_row(kind, uri, content, read_bytes)
+            vector = _embed_row(embedders[kind], kind, uri, content, read_bytes)
         except CorruptMedia as err:
             level = logging.DEBUG if failures[err.reason] else logging.WARNING
             log.log(level, "media %s (%s): %s: %s", rid, kind, err.reason, err)
@@ -404,10 +410,10 @@ def embed_media(media: pd.DataFrame, read_bytes: Callable[[str], bytes],
     return MediaEmbeddings(*acc.result(), failures)
 
 
-def _embed_row(kind: str, uri: str, content: str,
+def _embed_row(embed: Callable[[Any], np.ndarray], kind: str, uri: str, content: str,
                read_bytes: Callable[[str], bytes]) -> np.ndarray:  # fmt: skip
     if kind in FILE_KINDS:
         if not uri:
             raise CorruptMedia(f"{kind} has no uri")
-        return EMBEDDERS[kind](read_bytes(uri))
-    return EMBEDDERS[kind](content)
+        return embed(read_bytes(uri))
+    return embed(content)

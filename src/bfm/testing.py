@@ -240,7 +240,8 @@ def mock_tile(
 
 def demo_config(**changes: Any) -> dict[str, Any]:
     """The shipped demo config (config/config.yaml) with top-level keys replaced and
-    ``section__key`` keys set inside a section (``time__step="6h"``)."""
+    ``section__key`` keys set inside a section (``time__step="6h"``); another ``species``
+    list drops the demo's ``species_subset``."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config = copy.deepcopy(config)
     for key, value in changes.items():
@@ -249,6 +250,8 @@ def demo_config(**changes: Any) -> dict[str, Any]:
             config[section][sub] = value
         else:
             config[key] = value
+    if "species" in changes and "species_subset" not in changes:
+        config.pop("species_subset", None)  # the demo's subset is of the demo's list
     return config
 
 

@@ -136,6 +136,23 @@ class Plan:
         """Files (besides the config) that writing raw file ``name`` reads."""
         return sources.get(source).raw_inputs(name, self.study)
 
+    def species_list_settings(self) -> dict[str, Any]:
+        """The config keys the resolved species list depends on."""
+        study = self.study
+        return canonical({"species": study.species_list, "subset": list(study.species_subset),
+                          "keys": study.species_keys})  # fmt: skip
+
+    def species_list_resources(self) -> dict[str, int]:
+        """A GBIF connection while keys are matched (none for sample keys)."""
+        return {"net_gbif": 1} if self.study.species_keys == "match" else {}
+
+    def species_encoder_files(self) -> list[str]:
+        """The weights of the species table's pretrained encoders (config
+        ``species_table.encoders``), so that new weights rebuild the table."""
+        given = (self.config.get("species_table") or {}).get("encoders") or {}
+        paths_ = [v if isinstance(v, str) else v.get("path") for v in given.values() if v]
+        return [str(p) for p in paths_ if p]
+
     def species_media(self) -> dict[str, list[str]]:
         """The raw files holding media for the species table, per configured source."""
         out = {}

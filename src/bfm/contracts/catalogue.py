@@ -282,7 +282,9 @@ register(_M("era5_atmospheric", "era5", "atmospheric", DimsKind.LEVEL, Cadence.S
 register(_M("species_occurrence", "occurrences", "species", DimsKind.SPECIES, Cadence.EVENT, (
     _V("occurrence", "1", "number of occurrence records", None, (0.0, math.inf),
        RegridMethod.COUNT, VariableKind.COUNT),
-), "occurrence records per species"))  # fmt: skip
+    _V("effort", "1", "sampling effort: records of all species of the species' class (its "
+       "target group)", None, (0.0, math.inf), RegridMethod.COUNT, VariableKind.COUNT),
+), "occurrence records per species, and the sampling effort of its class"))  # fmt: skip
 
 # Land cover, land use and biodiversity indicators (yearly values of countries or points,
 # mapped onto the step by the yearly rule: the value of the year the step falls in).

@@ -76,8 +76,10 @@ class SpeciesTable:
 
 
 def write_species_table(table: SpeciesTable, path: str | Path,
-                        extra: dict[str, Sequence[object]] | None = None) -> Path:  # fmt: skip
-    """Write the table (plus ``extra`` columns) as parquet, atomically."""
+                        extra: dict[str, Sequence[object]] | None = None,
+                        metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
+    """Write the table (plus ``extra`` columns and ``metadata`` in the parquet schema) as
+    parquet, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -95,7 +97,7 @@ def write_species_table(table: SpeciesTable, path: str | Path,
         columns[f"has_{m}"] = pa.array(table.present[m].astype(bool), pa.bool_())
     for name, values in (extra or {}).items():
         columns[name] = pa.array(list(values))
-    meta = {"bfm_schema": SCHEMA, "dims": json.dumps(table.dims)}
+    meta = {**(metadata or {}), "bfm_schema": SCHEMA, "dims": json.dumps(table.dims)}
     arrow = pa.table(columns).replace_schema_metadata(meta)
     path = Path(path)
     with atomic_path(path) as tmp:

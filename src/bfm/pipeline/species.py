@@ -1,23 +1,28 @@
 """bfm species table: the species table of the study (results/species/species.parquet).
 
 One row per species of the config's species list (bfm.contracts.species_table): the
-taxonomy (the genus is the first word of the scientific name, the higher ranks the GBIF
-backbone classification of the genera bfm knows: bfm.sources.gbif.TAXONOMY; empty for others)
+taxonomy of the species list (``bfm.species_list``: the GBIF backbone's ranks where the keys
+were matched, the list's own otherwise; the genus is the first word of the name)
 and one embedding per media kind (bfm.embeddings: image, audio, eDNA, text), the mean over
 the species' media of every configured source that has media (``Source.media_names``:
 iNaturalist photos, Xeno-canto recordings, BOLD barcodes, Map of Life descriptions). Media are
 read one at a time (the table is built streaming) and stored once per species; a medium that
 does not embed is counted in ``<table>.quarantine.json``. More columns: ``common_name``,
 ``red_list_category`` (the species list's column of that name), ``description`` (the first
-text) and ``n_<kind>`` (media embedded per kind).
+text) and ``n_<kind>`` (media embedded per kind). With ``species_table.encoders`` in the
+config, images and recordings are embedded by the user's local TorchScript encoders instead
+(``bfm.embeddings_pretrained``; nothing is downloaded); their path, SHA-256 and size are in
+the parquet metadata ``encoders``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,14 +37,10 @@ log = logging.getLogger(__name__)
 
 def taxonomy_table(plan: Plan) -> SpeciesTable:
     """The taxonomy-only table of the study's species list."""
-    from bfm.sources.gbif import TAXONOMY, read_species
+    from bfm.species_list import read_species
 
     species = read_species(plan.study.species)
-    rows = []
-    for name in species["scientific_name"]:
-        genus = str(name).split()[0] if str(name).strip() else ""
-        rows.append([*TAXONOMY.get(genus, ("",) * 5), genus])
-    taxonomy = np.array(rows, dtype=object).reshape(len(species), len(RANKS))
+    taxonomy = species[list(RANKS)].to_numpy(object).reshape(len(species), len(RANKS))
     n = len(species)
     return SpeciesTable(
         species["gbif_key"].to_numpy(np.int64),
@@ -68,14 +69,30 @@ def species_media(plan: Plan) -> tuple[pd.DataFrame, Callable[[str], bytes]]:
     return (pd.concat(frames, ignore_index=True) if frames else empty_media()), read_bytes
 
 
+def pretrained_encoders(plan: Plan) -> dict[str, Any]:
+    """The config's ``species_table.encoders`` (local TorchScript weights for image and
+    audio; ``bfm.embeddings_pretrained``), loaded; none configured: the descriptors."""
+    given = (plan.config.get("species_table") or {}).get("encoders") or {}
+    if not given:
+        return {}
+    from bfm.embeddings_pretrained import pretrained_embedders
+
+    found = pretrained_embedders(given)
+    for kind, enc in found.items():
+        log.info("species table: %s media embedded by %s (sha256 %s, %d values)", kind,
+                 enc.path, enc.sha256[:12], enc.dim)  # fmt: skip
+    return dict(found)
+
+
 def build_table(plan: Plan, out: Path) -> Path:
     """Write the species table of the study and its quarantine report."""
     from bfm.embeddings import embed_media
-    from bfm.sources.gbif import read_species
+    from bfm.species_list import read_species
 
     base = taxonomy_table(plan)
     media, read_bytes = species_media(plan)
-    found = embed_media(media, read_bytes, base.keys.tolist())
+    encoders = pretrained_encoders(plan)
+    found = embed_media(media, read_bytes, base.keys.tolist(), encoders)
     table = SpeciesTable(base.keys, base.names, base.taxonomy, found.embeddings, found.present)
     species = read_species(plan.study.species)
     texts = media[media["kind"] == "text"].drop_duplicates("species_key")
@@ -87,7 +104,8 @@ def build_table(plan: Plan, out: Path) -> Path:
         "description": [description.get(int(k), "") for k in base.keys],
         **{f"n_{m}": found.counts[m].astype(int).tolist() for m in MEDIA},
     }  # fmt: skip
-    path = write_species_table(table, out, extra)
+    described = {k: e.describe() for k, e in encoders.items()}
+    path = write_species_table(table, out, extra, {"encoders": json.dumps(described)})
     q = Quarantine(str(out))
     q.saw(len(media))
     for reason, n in sorted(found.failures.items()):
@@ -97,6 +115,16 @@ def build_table(plan: Plan, out: Path) -> Path:
     log.info("wrote %s (%d species; with media: %s); %s", path, len(base.keys), counts,
              q.summary())  # fmt: skip
     return path
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from bfm import species_list
+
+    plan = load_plan(args.config)
+    assert plan is not None  # --config is required
+    study = plan.study
+    species_list.resolve(study.species_list, args.out, study.species_subset, study.species_keys)
+    return 0
 
 
 def _run_table(args: argparse.Namespace) -> int:
@@ -109,6 +137,11 @@ def _run_table(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "species", __doc__, "the species table of the study")
     actions = p.add_subparsers(title="actions", metavar="ACTION", required=True)
+    li = actions.add_parser("list", help="write the resolved species list (bfm.species_list: "
+                            "the subset, GBIF keys by species match or sample keys)")  # fmt: skip
+    add_config_argument(li)
+    li.add_argument("--out", required=True, help="species list to write (.csv)")
+    li.set_defaults(func=_run_list)
     t = actions.add_parser("table", help="write the species table (parquet)")
     add_config_argument(t)
     t.add_argument("--out", required=True, help="species table to write (.parquet)")

@@ -57,8 +57,12 @@ class Study:
         grid: the target grid.
         start, end, step: the model time window (inclusive) and step.
         levels: pressure levels (hPa) of the level modalities.
-        species: path of the species list CSV.
+        species: path of the species list the rules read (``bfm.species_list``: the
+            config's list itself, or the list resolved from it).
         sources: the config's ``sources`` block (each source's mode, seed, path, ...).
+        species_list: the config's species list (``species``).
+        species_subset: the config's ``species_subset`` (names; empty: all).
+        species_keys: where missing GBIF keys come from (``match`` | ``sample``).
     """
 
     grid: Grid
@@ -68,19 +72,36 @@ class Study:
     levels: tuple[int, ...]
     species: str
     sources: Mapping[str, Mapping[str, Any]]
+    species_list: str = ""
+    species_subset: tuple[str, ...] = ()
+    species_keys: str = "sample"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Study:
+        from bfm import species_list
+
         t = config["time"]
+        listed = str(config["species"])
+        subset = tuple(str(s) for s in config.get("species_subset") or ())
+        resolved = species_list.needs_resolving(listed, subset)
+        keys = config.get("species_keys") or species_list.default_key_mode(config["sources"])
         return cls(
             grid=Grid.from_dict(config["grid"]),
             start=t["start"],
             end=t["end"],
             step=t["step"],
             levels=tuple(int(v) for v in config["levels"]),
-            species=str(config["species"]),
+            species=species_list.resolved_path() if resolved else listed,
             sources=config["sources"],
+            species_list=listed,
+            species_subset=subset,
+            species_keys=str(keys),
         )
+
+    @property
+    def resolves_species(self) -> bool:
+        """The rule ``species_list`` writes the list the rules read (``bfm.species_list``)."""
+        return bool(self.species_list) and self.species != self.species_list
 
     def settings(self, source: str) -> Mapping[str, Any]:
         """The config block ``sources.<source>``."""

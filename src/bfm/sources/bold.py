@@ -66,10 +66,10 @@ from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.sources import manifest
 from bfm.sources.base import Study, register
 from bfm.sources.bold_formats import binomial, read_lines, species_records, write_lines
-from bfm.sources.gbif import read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
 from bfm.sources.occurrence_base import OccurrenceSource, inline_media
+from bfm.species_list import HIGHER, read_species
 
 log = logging.getLogger(__name__)
 
@@ -314,9 +314,11 @@ def sample(out: str | Path, species: pd.DataFrame, start: str, end: str, grid: G
     if len(days) == 0:
         raise ValueError(f"bold: --end {end} is before --start {start}")
     lines, entries = [], []
-    for index, (key, name) in enumerate(zip(species["gbif_key"], species["scientific_name"],
-                                            strict=True)):  # fmt: skip
-        got = species_records(index, int(key), str(name), days, grid, seed)
+    for index in range(len(species)):
+        row = species.iloc[index]
+        key, name = int(row["gbif_key"]), str(row["scientific_name"])
+        higher = {r: str(row.get(r, "")) for r in HIGHER}
+        got = species_records(index, key, name, higher, days, grid, seed)
         lines += [json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in got]
         entries.append(entry(int(key), str(name), [f"tax:species:{binomial(name)}"], len(got)))
     path = write_lines(Path(out), lines)

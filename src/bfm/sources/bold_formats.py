@@ -13,7 +13,6 @@ import pandas as pd
 
 from bfm.contracts.grid import Grid
 from bfm.fileio import atomic_path
-from bfm.sources.gbif import TAXONOMY
 
 
 def binomial(name: str) -> str:
@@ -80,13 +79,12 @@ def _variant(ref: str, rng: np.random.Generator) -> str:
     return "".join(seq[head : seq.size - tail])
 
 
-def species_records(index: int, key: int, name: str, days: pd.DatetimeIndex, grid: Grid,
-                     seed: int) -> list[dict[str, Any]]:  # fmt: skip
+def species_records(index: int, key: int, name: str, higher: dict[str, str],
+                    days: pd.DatetimeIndex, grid: Grid,
+                    seed: int) -> list[dict[str, Any]]:  # fmt: skip
     """One species' BCDM records; the first species carries the deliberately bad ones."""
     rng = np.random.default_rng([seed, 12, key])
     ref, genus = reference(key, seed), binomial(name).split()[0]
-    higher = dict(zip(("kingdom", "phylum", "class", "order", "family"),
-                      TAXONOMY.get(genus, ("",) * 5), strict=True))  # fmt: skip
     lat_e, lon_e = grid.lat_edges(), grid.lon_edges()
     out: list[dict[str, Any]] = []
     for j in range(int(rng.integers(10, 21))):

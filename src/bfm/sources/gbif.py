@@ -17,7 +17,7 @@ import csv
 import datetime as dt
 import io
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from bfm.sources import manifest
 from bfm.sources.base import Study, register
 from bfm.sources.climate import Climate
 from bfm.sources.occurrence_base import OccurrenceSource
+from bfm.species_list import HIGHER, read_species
 
 SIMPLE_CSV_COLUMNS = (
     "gbifID", "datasetKey", "occurrenceID", "kingdom", "phylum", "class", "order", "family",
@@ -55,16 +56,6 @@ KEPT_COLUMNS = REQUIRED_COLUMNS + (
 )  # fmt: skip
 LICENCE = "CC BY 4.0 (records CC0 / CC BY / CC BY-NC; a download carries the most restrictive)"
 CITATION = "GBIF.org ({date}) GBIF Occurrence Download {key}"
-SPECIES_COLUMNS = ("gbif_key", "scientific_name", "common_name")
-# kingdom, phylum, class, order, family of the genera in resources/species.csv (GBIF backbone).
-TAXONOMY = {
-    "Lynx": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Felidae"),
-    "Canis": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Canidae"),
-    "Vulpes": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Canidae"),
-    "Ursus": ("Animalia", "Chordata", "Mammalia", "Carnivora", "Ursidae"),
-    "Capreolus": ("Animalia", "Chordata", "Mammalia", "Artiodactyla", "Cervidae"),
-    "Erithacus": ("Animalia", "Chordata", "Aves", "Passeriformes", "Muscicapidae"),
-}
 # Rough country boxes (lat_min, lat_max, lon_min, lon_max), small countries first: the sample
 # geography is synthetic, so an approximate countryCode is all that is meaningful.
 COUNTRY_BOXES = (
@@ -86,31 +77,6 @@ class Niche:
     tolerance: float
     highland: bool
     rate: float  # records per km2 of land and day at the optimum
-
-
-def read_species(path: str | Path) -> pd.DataFrame:
-    """The species list (gbif_key int64, scientific_name, common_name) of a CSV file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such species list")
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in SPECIES_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (need {list(SPECIES_COLUMNS)})")
-    text = table["gbif_key"].str.strip()
-    bad = table["gbif_key"][~text.str.fullmatch(r"[1-9]\d*")]
-    if len(bad):
-        raise ValueError(
-            f"{path}: column 'gbif_key' must hold positive integers, got "
-            f"{bad.iloc[0]!r} (row {bad.index[0] + 2})"
-        )
-    keys = text.astype(np.int64)
-    if keys.duplicated().any():
-        raise ValueError(
-            f"{path}: column 'gbif_key' has duplicates: {sorted(set(keys[keys.duplicated()]))}"
-        )
-    table["gbif_key"] = keys
-    return table
 
 
 def niches(keys: list[int], seed: int) -> dict[int, Niche]:
@@ -209,10 +175,9 @@ def _taxon_columns(records: pd.DataFrame, species: pd.DataFrame) -> dict:
     names = species.set_index("gbif_key")["scientific_name"]
     sci = names.loc[records["speciesKey"]].to_numpy()
     genus = np.array([s.split()[0] for s in sci], dtype=object)
-    higher = ("kingdom", "phylum", "class", "order", "family")
-    taxa = np.array([TAXONOMY.get(g, ("",) * 5) for g in genus], dtype=object)
+    ranks = species.set_index("gbif_key")[list(HIGHER)].loc[records["speciesKey"]]
     keys = records["speciesKey"].astype(str)
-    columns: dict[str, Any] = {c: taxa.reshape(-1, 5)[:, i] for i, c in enumerate(higher)}
+    columns: dict[str, Any] = {c: ranks[c].to_numpy(object) for c in HIGHER}
     columns.update(genus=genus, species=sci, scientificName=sci, verbatimScientificName=sci)
     columns.update(taxonRank="SPECIES", taxonKey=keys, speciesKey=keys)
     return columns
@@ -456,13 +421,76 @@ class GBIF(OccurrenceSource):
         return {**super().raw_settings(name, study), "climate_seed": self.climate_seed(study)}
 
     def user_file(self, path: str, name: str) -> str:
-        # file mode: `path` is the download zip itself (or a folder holding occurrences.zip)
-        return path if path.endswith((".zip", ".csv")) else super().user_file(path, name)
+        # file mode: `path` is the download zip itself, media.zip and effort.zip beside it,
+        # or a folder holding the three
+        if path.endswith((".zip", ".csv")):
+            return path if name == RAW_NAME else str(Path(path).with_name(name))
+        return super().user_file(path, name)
+
+    def _check(self, name: str) -> None:
+        names = self.names()
+        if name not in names:
+            raise ValueError(f"gbif: raw file {name!r} is not one of {names}")
+
+    @staticmethod
+    def names() -> list[str]:
+        from bfm.sources import gbif_effort, gbif_media
+
+        return [RAW_NAME, gbif_media.MEDIA_NAME, gbif_effort.EFFORT_NAME]
+
+    def effort_name(self, study: Study) -> str | None:
+        """``effort.zip``: the sampling effort (records per class, day and cell) when the
+        option ``effort`` is on (``gbif_effort``)."""
+        from bfm.sources import gbif_effort
+
+        return gbif_effort.EFFORT_NAME if self.options(study)["effort"] else None
+
+    def raw_inputs(self, name: str, study: Study) -> list[str]:
+        from bfm.sources import gbif_effort
+
+        sampled = study.settings(self.name)["mode"] == "sample"
+        if name == gbif_effort.EFFORT_NAME and sampled:  # the sample counts its own records
+            return [self.raw_file(RAW_NAME, study), study.species]
+        return super().raw_inputs(name, study)
+
+    def media_names(self, study: Study) -> list[str]:
+        """``media.zip``: photos and recordings of the multimedia extension (gbif_media)."""
+        from bfm.sources import gbif_media
+
+        return [gbif_media.MEDIA_NAME] if self.options(study)["media"] else []
+
+    def options(self, study: Study) -> dict[str, Any]:
+        opts = study.options_with(self.name, {"media": True, "media_per_species": 20,
+                                              "effort": True})  # fmt: skip
+        for flag in ("media", "effort"):
+            if not isinstance(opts[flag], bool):
+                raise ValueError(f"config: sources.gbif.options.{flag}: true or false, got "
+                                 f"{opts[flag]!r}")  # fmt: skip
+        n = opts["media_per_species"]
+        if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+            raise ValueError(f"config: sources.gbif.options.media_per_species: a positive "
+                             f"integer, got {n!r}")  # fmt: skip
+        return opts
+
+    def media(self, files: Sequence[str | Path], study: Study
+              ) -> tuple[pd.DataFrame, Callable[[str], bytes]]:  # fmt: skip
+        from bfm.sources import gbif_media
+
+        (path,) = files
+        return gbif_media.open_media(path)
 
     def sample(self, name: str, out: Path, study: Study) -> Path:
-        if name != RAW_NAME:
-            raise ValueError(f"gbif: raw file {name!r} is not {RAW_NAME!r}")
+        from bfm.sources import gbif_effort, gbif_media
+
+        self._check(name)
         seed = self.seed(study)
+        if name == gbif_media.MEDIA_NAME:
+            return gbif_media.sample_media(out, read_species(study.species), seed)
+        if name == gbif_effort.EFFORT_NAME:
+            species = read_species(study.species)
+            table = records(self.raw_file(RAW_NAME, study), species)[0]
+            return gbif_effort.sample(out, table, species, study.grid, study.start, study.end,
+                                      seed)  # fmt: skip
         return sample(
             out,
             read_species(study.species),
@@ -474,14 +502,27 @@ class GBIF(OccurrenceSource):
         )
 
     def download(self, name: str, out: Path, study: Study) -> Path:
-        """A SIMPLE_CSV download through GBIF's asynchronous API (``gbif_api``; credentials
-        GBIF_USER, GBIF_PWD, GBIF_EMAIL from the environment)."""
-        from bfm.sources import gbif_api
+        """``occurrences.zip``: a SIMPLE_CSV download through GBIF's asynchronous API
+        (``gbif_api``; credentials GBIF_USER, GBIF_PWD, GBIF_EMAIL from the environment);
+        ``media.zip``: a DwC-A download of the records with media, then their photos and
+        recordings, at most ``media_per_species`` per species and kind (``gbif_media``);
+        ``effort.zip``: an SQL download counting the records of the species' classes per
+        day and cell (``gbif_effort``)."""
+        from bfm.sources import gbif_api, gbif_effort, gbif_media, occurrences
 
-        if name != RAW_NAME:
-            raise ValueError(f"gbif: raw file {name!r} is not {RAW_NAME!r}")
-        keys = [int(k) for k in read_species(study.species)["gbif_key"]]
+        self._check(name)
+        species = read_species(study.species)
         years = pd.Timestamp(study.start).year, pd.Timestamp(study.end).year
+        if name == gbif_effort.EFFORT_NAME:
+            classes = sorted(set(gbif_effort.species_classes(species).values()))
+            limit = occurrences.options(study)["max_uncertainty_m"]
+            return gbif_effort.download(out, classes, years[0], years[1], study.grid,
+                                        max_uncertainty_m=limit)  # fmt: skip
+        if name == gbif_media.MEDIA_NAME:
+            per_species = self.options(study)["media_per_species"]
+            return gbif_media.download(out, species, years[0], years[1], study.grid,
+                                       per_species=per_species)  # fmt: skip
+        keys = [int(k) for k in species["gbif_key"]]
         predicate = gbif_api.download_predicate(keys, years[0], years[1], study.grid)
         return gbif_api.download(out, predicate, fmt="SIMPLE_CSV")
 

@@ -60,11 +60,11 @@ from bfm.fileio import atomic_path
 from bfm.sources import inaturalist_formats as formats
 from bfm.sources import manifest
 from bfm.sources.base import Study, register
-from bfm.sources.gbif import read_species
 from bfm.sources.http import CHUNK, Client, DownloadError, Service, Sleep
 from bfm.sources.httpjson import fetch_json, scratch_dir
 from bfm.sources.inaturalist_formats import API, INDEX_COLUMNS, PER_PAGE, WINDOW, request_params
 from bfm.sources.occurrence_base import OccurrenceSource, zip_media
+from bfm.species_list import read_species
 
 __all__ = ["API", "DAILY_BUDGET", "INDEX_COLUMNS", "PER_PAGE", "RAW_NAME", "SERVICE", "WINDOW",
            "download", "download_photos", "open_photos", "records", "request_params", "sample",

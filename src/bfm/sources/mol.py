@@ -47,10 +47,10 @@ from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.fileio import atomic_path
 from bfm.sources import manifest
 from bfm.sources.base import Source, Study, register
-from bfm.sources.gbif import TAXONOMY, read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
 from bfm.sources.occurrence_base import inline_media
+from bfm.species_list import read_species
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -197,7 +197,9 @@ def media(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- sample ----------------------------------------------------------------------------------
-TAXA = {"Mammalia": ("mammals", "mammal"), "Aves": ("birds", "bird")}
+TAXA = {"Mammalia": ("mammals", "mammal"), "Aves": ("birds", "bird"),
+        "Reptilia": ("reptiles", "reptile"), "Amphibia": ("amphibians", "amphibian"),
+        "Actinopterygii": ("fishes", "fish"), "Bivalvia": ("bivalves", "mussel")}  # fmt: skip
 SIZES = ("small", "medium-sized", "large")
 HABITATS = ("broadleaf forest", "coniferous forest", "mixed woodland", "montane meadows",
             "farmland edges", "wetlands", "scrubland", "alpine grassland", "river valleys",
@@ -228,12 +230,13 @@ def sample_body(species: pd.DataFrame, seed: int) -> dict[str, Any]:
     pick = np.random.default_rng([seed, 21]).permutation(n)
     silent, other = int(pick[0]), int(pick[1]) if n > 1 else -1  # no text; not Wikipedia
     body: dict[str, Any] = {}
-    for i, (key, name, common) in enumerate(zip(species["gbif_key"], species["scientific_name"],
-                                                species["common_name"], strict=True)):  # fmt: skip
+    for i in range(n):
+        row = species.iloc[i]
+        key, name, common = row["gbif_key"], row["scientific_name"], row["common_name"]
         rng = np.random.default_rng([seed, 22, int(key)])
-        sci, taxon = binomial(name), TAXONOMY.get(binomial(name).split()[0], ("",) * 5)
-        taxa, noun = TAXA.get(taxon[2], ("", "species"))
-        text = sample_text(sci, str(common), taxon[4], noun, rng)
+        sci, family = binomial(name), str(row.get("family", ""))
+        taxa, noun = TAXA.get(str(row.get("class", "")), ("", "species"))
+        text = sample_text(sci, str(common), family, noun, rng)
         info = (
             []
             if i == silent
@@ -247,7 +250,7 @@ def sample_body(species: pd.DataFrame, seed: int) -> dict[str, Any]:
         )
         body[str(int(key))] = [{
             "scientificname": sci, "commonname": str(common).title(),
-            "family": [{"lang": LANG, "name": taxon[4]}], "taxa": taxa, "info": info,
+            "family": [{"lang": LANG, "name": family}], "taxa": taxa, "info": info,
             "redlist": CATEGORIES[rng.integers(len(CATEGORIES))], "redlist_link": "",
             "image": {"url": ""},
         }]  # fmt: skip

@@ -19,6 +19,17 @@ or ``file``) and reads it into the record table of the occurrence contract
    the tile's attribute ``n_records_coarser_than_step`` counts it) or ``spread`` (it counts in
    every step it overlaps, weighted by the overlap: 1/4 in each 6 h step of its day).
 
+3. **Sampling effort** (raw file ``effort.parquet``, rule ``combine``): records of *all*
+   species of each study species' class (its target group: ``class_key`` of the species
+   list) per day and cell, so that a cell without records of a species can be told from a
+   cell nobody looked at. From GBIF's SQL download of counts (``gbif_effort``, option
+   ``sources.gbif.options.effort``, default on: GBIF carries iNaturalist's research grade
+   and Xeno-canto, so a record that reached us only from another source may be missing from
+   it); without GBIF, from the combined records of the study species themselves (a poorer
+   proxy; the tile's ``effort_source`` says which). In the tile, variable ``effort`` holds
+   each species' class effort per step (a day is spread evenly over finer steps: effort is
+   an intensity), and ``cell_area`` (m2, CF ``cell_measures``) turns counts into densities.
+
 Options (``sources.occurrences.options``): ``members`` (default: every configured occurrence
 source), ``max_uncertainty_m`` (default 10000; ``null`` keeps every uncertainty),
 ``date_precision`` (``exclude`` | ``spread``).
@@ -41,14 +52,16 @@ from bfm.contracts.catalogue import Modality
 from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.fileio import atomic_path
 from bfm.sources.base import Source, Study, register
-from bfm.sources.gbif import read_species
 from bfm.sources.occurrence_base import OccurrenceSource
+from bfm.species_list import read_species
 
 if TYPE_CHECKING:
     import xarray as xr
 
 NAME = "occurrences"
 RAW_NAME = "records.parquet"
+EFFORT_NAME = "effort.parquet"
+EFFORT_COLUMNS = ("class_key", "time", "row", "col", "n")
 # Drops of media, not of records (a record keeps its place without its barcode or photo).
 MEDIA_REASONS = frozenset(
     r.value
@@ -138,6 +151,61 @@ def combine(study: Study, out: Path) -> Path:
     return out
 
 
+def effort_origin(study: Study) -> tuple[str, str]:
+    """``(kind, raw file)`` the effort comes from: ``gbif`` (its SQL cube, ``effort.zip``)
+    when GBIF is a member with option ``effort``, else ``records`` (the combined records)."""
+    for member in members(study):
+        if member.name == "gbif":
+            name = member.effort_name(study)  # type: ignore[attr-defined]
+            if name:
+                return "gbif", member.raw_file(name, study)
+    return "records", str(Occurrences().raw_file(RAW_NAME, study))
+
+
+def combine_effort(study: Study, out: Path) -> Path:
+    """The sampling effort over the window: records per class key, day and cell (columns
+    :data:`EFFORT_COLUMNS`, sorted by ``time``) into ``out`` and its quarantine report."""
+    from bfm.sources import gbif_effort
+
+    kind, path = effort_origin(study)
+    t0, t1 = window(study)
+    last_day = t1 - pd.Timedelta("1ns")
+    if kind == "gbif":
+        table, q = gbif_effort.read_effort(path, study.grid, t0, last_day)
+        origin = f"GBIF occurrence SQL download {Path(path).name}: records of the species' classes"
+    else:
+        table, q = effort_of_records(path, study)
+        origin = f"{Path(path).name}: the study species' own records (no GBIF effort cube)"
+    table = table[list(EFFORT_COLUMNS)].sort_values(["time", "class_key"], kind="stable",
+                                                     ignore_index=True)  # fmt: skip
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False, row_group_size=100_000)
+    q.write(out, kept=len(table), extra={"origin": origin, "records": float(table["n"].sum())})
+    return out
+
+
+def effort_of_records(path: str | Path, study: Study) -> tuple[pd.DataFrame, Quarantine]:
+    """Effort from the combined records when no cube is there: the records known to the
+    day, per class of their species, day and cell (a coarser record is counted aside)."""
+    from bfm.sources import gbif_effort
+
+    species = read_species(study.species)
+    classes = gbif_effort.species_classes(species)
+    t0, t1 = window(study)
+    table = read_records(path, t0, t1)
+    q = Quarantine(f"{path} (effort)")
+    q.saw(len(table))
+    day = pd.DatetimeIndex(table["start"]).floor("D")
+    coarse = np.asarray(pd.DatetimeIndex(table["end"]) > day + pd.Timedelta(days=1))
+    table = q.drop(coarse, Reason.DATE_COARSER_THAN_STEP, table.assign(time=day))
+    row, col = study.grid.index_of(table["latitude"].to_numpy(), table["longitude"].to_numpy())
+    cls = table["species_key"].astype("int64").map(classes)
+    frame = pd.DataFrame({"class_key": cls.to_numpy(np.int64), "time": table["time"].to_numpy(),
+                          "row": row, "col": col, "n": 1.0})  # fmt: skip
+    grouped = frame.groupby(["class_key", "time", "row", "col"], as_index=False)["n"].sum()
+    return grouped, q
+
+
 def read_records(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> pd.DataFrame:
     """The records of ``path`` whose interval overlaps ``[t0, t1)`` (row groups pruned)."""
     import pyarrow.parquet as pq
@@ -153,6 +221,21 @@ def read_records(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> pd.Dat
     return contract.conform(table, str(path))
 
 
+def read_effort(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> pd.DataFrame:
+    """The effort rows of ``path`` with days in ``[t0, t1)`` (row groups pruned)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such effort table (rule combine writes it)")
+    start = pd.Timestamp(t0).floor("D")  # a day that began before t0 overlaps it
+    table = pq.read_table(path, filters=[("time", ">=", start), ("time", "<", t1)]).to_pandas()
+    missing = [c for c in EFFORT_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: not an effort table: lacks column(s) {missing}")
+    return table
+
+
 class Occurrences(Source):
     """The occurrence records of every member source, combined (module docstring)."""
 
@@ -162,7 +245,7 @@ class Occurrences(Source):
     combines: ClassVar[bool] = True
 
     def raw_names(self, modality: Modality, period: str, study: Study) -> list[str]:
-        return [RAW_NAME]
+        return [RAW_NAME, EFFORT_NAME]
 
     def raw_settings(self, name: str, study: Study) -> dict[str, Any]:
         return {
@@ -174,6 +257,8 @@ class Occurrences(Source):
         }
 
     def raw_inputs(self, name: str, study: Study) -> list[str]:
+        if name == EFFORT_NAME:
+            return [effort_origin(study)[1], study.species]
         return [f for m in members(study) for f in member_files(m, study)] + [study.species]
 
     def tile_inputs(self, modality: Modality, study: Study) -> list[str]:
@@ -187,8 +272,11 @@ class Occurrences(Source):
         return self.sample(name, out, study)
 
     def combine(self, name: str, out: Path, study: Study) -> Path:
+        if name == EFFORT_NAME:
+            return combine_effort(study, out)
         if name != RAW_NAME:
-            raise ValueError(f"{NAME}: raw file {name!r} is not {RAW_NAME!r}")
+            raise ValueError(f"{NAME}: raw file {name!r} is not {RAW_NAME!r} or "
+                             f"{EFFORT_NAME!r}")  # fmt: skip
         return combine(study, out)
 
     def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
@@ -198,13 +286,14 @@ class Occurrences(Source):
     def tile(self, files: Sequence[str | Path], modality: Modality, study: Study, period: str,
              prov: Mapping[str, str]) -> xr.Dataset:  # fmt: skip
         """The tile of one period, reading only the records that overlap it."""
-        (path,) = files
+        path, effort_path = files
         times = study.times_in(period)
         if len(times) == 0:
             raise ValueError(f"{path}: time: no step of the window falls in period {period}")
         ends = times + timeaxis.offset(study.step)
         table = read_records(path, times[0], ends[-1])
-        return self.count(table, modality, study, times, ends, period, prov, str(path))
+        effort = read_effort(effort_path, times[0], ends[-1])
+        return self.count(table, modality, study, times, ends, period, prov, str(path), effort)
 
     def to_tile(self, native: xr.Dataset, modality: Modality, study: Study, period: str,
                 prov: Mapping[str, str]) -> xr.Dataset:  # fmt: skip
@@ -212,9 +301,13 @@ class Occurrences(Source):
 
     def count(self, table: pd.DataFrame, modality: Modality, study: Study,
               times: pd.DatetimeIndex, ends: pd.DatetimeIndex, period: str,
-              prov: Mapping[str, str], where: str) -> xr.Dataset:  # fmt: skip
-        """Records per step, species and cell (weighted by the precision rule)."""
+              prov: Mapping[str, str], where: str,
+              effort: pd.DataFrame | None = None) -> xr.Dataset:  # fmt: skip
+        """Records per step, species and cell (weighted by the precision rule), the effort
+        of each species' class (:data:`EFFORT_COLUMNS` rows; none: zero) and cell areas."""
         import xarray as xr
+
+        from bfm.sources import gbif_effort
 
         mode = options(study)["date_precision"]
         species = read_species(study.species)
@@ -234,9 +327,26 @@ class Occurrences(Source):
         size = len(times) * len(keys) * grid.n_lat * grid.n_lon
         counts = np.bincount(flat, weights=weight, minlength=size)
         counts = counts.reshape(len(times), len(keys), *grid.shape).astype(np.float32)
-        (var,) = modality.variable_names
+        classes = gbif_effort.species_classes(species)
+        class_keys = sorted(set(classes.values()))
+        rows = effort if effort is not None else pd.DataFrame(columns=list(EFFORT_COLUMNS))
+        per_class = gbif_effort.effort_counts(rows, class_keys, times, ends, grid)
+        of_species = pd.Index(class_keys).get_indexer([classes[int(k)] for k in keys])
+        dims = modality.tile_dims
         ds = xr.Dataset(
-            {var: (modality.tile_dims, counts)},
+            {
+                "occurrence": (dims, counts),
+                "effort": (dims, per_class[:, of_species]),
+                "cell_area": (
+                    dims[2:],
+                    grid.cell_areas().astype(np.float32),
+                    {
+                        "units": "m2",
+                        "standard_name": "cell_area",
+                        "long_name": "area of the grid cell",
+                    },
+                ),
+            },  # fmt: skip
             coords={
                 "time": times,
                 tile_contract.SPECIES_KEY: ("species", keys),
@@ -257,8 +367,14 @@ class Occurrences(Source):
             "date_precision": mode,
             "n_records_counted": f"{counted:.6g}",
             "n_records_coarser_than_step": str(int(coarse.sum())),
+            "effort_source": effort_origin(study)[0],
+            "effort_classes": ", ".join(f"{c}" for c in class_keys),
+            "effort_records": f"{float(per_class.sum()):.6g}",
         }
-        return tile_contract.finish(ds, modality, grid, period, attrs, prov, "time: sum")
+        ds = tile_contract.finish(ds, modality, grid, period, attrs, prov, "time: sum")
+        for var in modality.variable_names:
+            ds[var].attrs["cell_measures"] = "area: cell_area"
+        return ds
 
 
 register(Occurrences())

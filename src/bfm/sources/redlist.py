@@ -100,7 +100,7 @@ def categories_origin(study: Study) -> str:
     """Where the species' categories come from: ``option``, ``species list`` or ``iucn``."""
     if options(study)["categories"]:
         return "option"
-    path = Path(study.species)
+    path = Path(study.species_list or study.species)  # the resolved list keeps its columns
     if not path.exists():
         return "iucn"  # the species list's own check reports it
     with open(path, newline="", encoding="utf-8") as f:

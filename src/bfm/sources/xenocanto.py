@@ -65,10 +65,10 @@ from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.sources import manifest
 from bfm.sources import xenocanto_formats as fmt
 from bfm.sources.base import Study, register
-from bfm.sources.gbif import read_species
 from bfm.sources.http import Client, DownloadError, Service
 from bfm.sources.httpjson import fetch_json, scratch_dir
 from bfm.sources.occurrence_base import OccurrenceSource, zip_media
+from bfm.species_list import read_species
 
 API = "https://xeno-canto.org/api/3"
 RAW_NAME = "recordings.jsonl.gz"

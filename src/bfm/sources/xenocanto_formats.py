@@ -21,7 +21,6 @@ from bfm.contracts.grid import Grid
 from bfm.contracts.occurrence import match_species
 from bfm.fileio import atomic_path
 from bfm.sources import manifest
-from bfm.sources.gbif import TAXONOMY
 
 GRADES = ("A", "B", "C", "D", "E")  # Xeno-canto quality, best first; else "no score"
 LICENCES = (
@@ -226,10 +225,9 @@ def _country(lat: float, lon: float) -> str:
     return ""
 
 
-def _recording(rid: int, gen: str, sp: str, common: str, day: pd.Timestamp, lat: float,
-               lon: float, rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
+def _recording(rid: int, gen: str, sp: str, common: str, birds: bool, day: pd.Timestamp,
+               lat: float, lon: float, rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
     """One v3 recording object (field names and order of the API, counts as strings)."""
-    birds = TAXONOMY.get(gen, ("",) * 3)[2] == "Aves"
     seconds = int(rng.integers(5, 180))
     hour, minute = int(rng.integers(4, 22)), int(rng.integers(0, 60))
     time = "?" if rng.random() < 0.15 else f"{hour:02d}:{minute:02d}"
@@ -289,14 +287,16 @@ def sample_recordings(species: pd.DataFrame, start: str, end: str, grid: Grid,
     days = (t1 - t0).days + 1
     rid = 700_000 + 10_000 * (zlib.crc32(str(seed).encode()) % 50)
     out: list[dict[str, Any]] = []
-    for name, common in zip(species["scientific_name"], species["common_name"], strict=True):
+    for name, common, cls in zip(species["scientific_name"], species["common_name"],
+                                 species["class"], strict=True):  # fmt: skip
         gen, sp = str(name).split()[:2]
         for _ in range(int(rng.integers(12, 24))):
             rid += int(rng.integers(1, 40))
             day = t0 + pd.Timedelta(days=int(rng.integers(0, days)))
             lat = float(rng.uniform(lat_e[-1] + inset, lat_e[0] - inset))
             lon = float(rng.uniform(lon_e[0] + inset, lon_e[-1] - inset))
-            out.append(_recording(rid, gen, sp.lower(), str(common), day, lat, lon, rng))
+            out.append(_recording(rid, gen, sp.lower(), str(common), cls == "Aves", day, lat,
+                                   lon, rng))  # fmt: skip
     for k, defect in enumerate(DEFECTS):
         _defect(out[(5 * k + 2) % len(out)], defect, t0)
     return out
