@@ -112,6 +112,8 @@ def test_layout_channel_order_is_variable_major() -> None:
     assert layout.channel_labels("species") == [
         ("occurrence", "2435240"),
         ("occurrence", "5219173"),
+        ("effort", "2435240"),
+        ("effort", "5219173"),
     ]
     assert layout.dynamic == ("surface", "atmospheric", "species")
     arrays = {v: np.full((2, 3, 1, 1), i, np.float32) for i, v in enumerate("ztuvq")}
@@ -214,7 +216,7 @@ def test_missing_values_come_with_masks_and_categories_as_codes(tmp_path: Path) 
     mean, std = stats.mean_std("species", "occurrence")
     occ_x = x.groups["species"]["occurrence"]
     np.testing.assert_allclose(
-        s.input.inputs["species"].numpy(),
+        s.input.inputs["species"].numpy()[:, :2],  # occurrence, then effort
         (occ_x - mean[None, :, None, None]) / std[None, :, None, None],
         rtol=1e-5,
         atol=1e-5,
@@ -222,7 +224,7 @@ def test_missing_values_come_with_masks_and_categories_as_codes(tmp_path: Path) 
     occ_y = y.groups["species"]["occurrence"][1]
     known = np.isfinite(occ_y)
     assert (~known).sum() == 1 and not s.mask["species"][0, 4, 4]
-    np.testing.assert_array_equal(s.target["species"].numpy()[known], occ_y[known])
+    np.testing.assert_array_equal(s.target["species"].numpy()[:2][known], occ_y[known])
     assert s.target["species"][0, 4, 4] == 0.0
 
 

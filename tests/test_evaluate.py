@@ -19,7 +19,8 @@ import torch
 from bfm.cli import main
 from bfm.contracts.batch import Batch
 from bfm.contracts.layout import Layout, Normaliser
-from bfm.evaluation.evaluate import squared_errors
+from bfm.evaluation import climatology as clim
+from bfm.evaluation.scores import Accumulator, auc, lat_weights, summarise
 from bfm.model import BFM, build_config
 from bfm.testing import BASE_GROUPS, GRID, mock_meta, write_sequence
 from bfm.training import checkpoint
@@ -36,6 +37,7 @@ BASE = {
     "v": 0.0,
     "q": 1.0,
     "occurrence": 0.5,
+    "effort": 4.0,
     "lsm": 0.5,
     "slt": 1.0,
 }
@@ -43,6 +45,7 @@ STEP = {"t2m": 1.0, "msl": 50.0, "occurrence": 0.5}  # D; 2.0 for the others
 STD = 4.0
 BIAS = {"surface/t2m": 0.25, "atmospheric/t": 0.5, "species/occurrence": -0.5}  # c
 CELLS = GRID.n_lat * GRID.n_lon
+W0 = float(lat_weights(GRID.latitudes)[0])  # the weight of a point of the first (north) row
 
 
 def value(var: str, k: int, lat: np.ndarray, lon: np.ndarray, ch: int) -> np.ndarray:
@@ -111,15 +114,13 @@ def test_scores_known_answer(tmp_path: Path) -> None:
     )
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     got = {(r["variable"], r["channel"]): r for r in lines}
-    assert len(lines) == 4 + 5 * (2 + 1) + (2 + 1)
-    assert set(lines[0]) == {
-        "variable",
-        "channel",
-        "n",
-        "rmse_model",
-        "rmse_persistence",
-        "rmse_climatology",
-    }
+    assert len(lines) == 4 + 5 * (2 + 1) + 2 * (2 + 1)  # surface, atmospheric, species
+    assert {"variable", "channel", "n", "lead", "headline", "climatology_kind", "rmse_model",
+            "rmse_persistence", "rmse_climatology", "bias_model", "mae_model", "acc_model",
+            "rmse_model_ci"} <= set(lines[0])  # fmt: skip
+    assert {r["lead"] for r in lines} == {1} and lines[0]["climatology_kind"] == "training mean"
+    assert got[("surface/t2m", None)]["headline"] and got[("atmospheric/z", "500")]["headline"]
+    assert not got[("atmospheric/z", "850")]["headline"]
     approx = lambda x: pytest.approx(x, rel=1e-4, abs=1e-3)  # noqa: E731
 
     # t2m: D = 1, model = persistence + 0.25 * 4 = exact; targets t=2 (117) and t=3 (112)
@@ -128,13 +129,19 @@ def test_scores_known_answer(tmp_path: Path) -> None:
     assert t2m["rmse_persistence"] == approx(1.0)
     assert t2m["rmse_model"] == approx(0.0)
     # climatology m = base + 1 misses value base + t D by 1 - t: -1 at t=2, -2 at t=3
-    assert t2m["rmse_climatology"] == approx(rmse([(-1.0, CELLS), (-2.0, CELLS - 5)]))
+    # latitude weights: the 5 holes lie in the first row (weight W0 each)
+    assert t2m["rmse_climatology"] == approx(rmse([(-1.0, CELLS), (-2.0, CELLS - 5 * W0)]))
+    assert t2m["bias_persistence"] == approx(-1.0) and t2m["mae_persistence"] == approx(1.0)
+    lo, hi = t2m["rmse_climatology_ci"]
+    assert lo <= t2m["rmse_climatology"] <= hi
 
     # msl: no bias -> model == persistence (D = 50); 3 points lost in each pair
     msl = got[("surface/msl", None)]
     assert msl["n"] == 2 * CELLS - 6
     assert msl["rmse_model"] == approx(50.0) and msl["rmse_persistence"] == approx(50.0)
-    assert msl["rmse_climatology"] == approx(rmse([(1 - 100.0, CELLS - 3), (1 - 150.0, CELLS - 3)]))
+    assert msl["rmse_climatology"] == approx(
+        rmse([(1 - 100.0, CELLS - 3 * W0), (1 - 150.0, CELLS - 3 * W0)])
+    )
 
     # atmospheric/t per level (D = 2, c s = 2 -> exact) and its summary over levels
     for channel in ("500", "850", None):
@@ -156,14 +163,82 @@ def test_scores_known_answer(tmp_path: Path) -> None:
         occ = got[("species/occurrence", channel)]
         assert occ["rmse_model"] == approx(rmse(errs))
         assert occ["rmse_persistence"] == approx(0.5)
+        # every cell holds a record: presence everywhere, so no AUC; the Brier score of the
+        # model's presence probability 1 - exp(-rate) against 1
+        assert occ["auc_model"] is None and occ["rmse_constant"] is not None
+    rate = (BASE["occurrence"] + 1.0) * np.exp(-0.5)
+    assert got[("species/occurrence", "7")]["brier_model"] == approx(np.exp(-rate) ** 2)
 
 
-def test_squared_errors_skip_missing_target_or_persistence() -> None:
-    target = np.array([[[1.0, np.nan], [3.0, 4.0]]])
-    persistence = np.array([[[0.0, 0.0], [np.nan, 2.0]]])
-    out = squared_errors({"p": persistence}, target, persistence)
-    assert out["n"].tolist() == [2.0]
-    assert out["p"].tolist() == [1.0 + 4.0]
+def test_a_rollout_feeds_the_model_its_own_forecast(tmp_path: Path) -> None:
+    paths = write_sequence(tmp_path / "batches", 4, levels=LAYOUT.levels,
+                           species=LAYOUT.species, value=value)  # fmt: skip
+    fake_run(tmp_path / "run")
+    out = tmp_path / "eval" / "scores.jsonl"
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--batches", *map(str, paths),
+                 "--out", str(out), "--leads", "2", "--bootstrap", "50"]) == 0  # fmt: skip
+    lines = [json.loads(x) for x in (out.parent / "scores_by_lead.jsonl").open()]
+    got = {(r["variable"], r["channel"], r["lead"]): r for r in lines}
+    approx = lambda x: pytest.approx(x, rel=1e-4, abs=1e-3)  # noqa: E731
+    # t2m: the model is exact at lead 1 and stays exact on its own forecast; persistence
+    # misses by D per step; lead 2 has one start fewer
+    one, two = got[("surface/t2m", None, 1)], got[("surface/t2m", None, 2)]
+    assert one["rmse_model"] == approx(0.0) and two["rmse_model"] == approx(0.0)
+    assert one["rmse_persistence"] == approx(1.0) and two["rmse_persistence"] == approx(2.0)
+    assert one["n"] == 3 * CELLS and two["n"] == 2 * CELLS
+    # msl has no bias: the model is persistence at lead 1, and persists its own forecast
+    assert got[("surface/msl", None, 2)]["rmse_model"] == approx(100.0)
+    assert {json.loads(x)["lead"] for x in out.open()} == {1}  # scores.jsonl: lead 1
+
+
+def test_a_day_of_year_climatology_is_scored_at_the_targets_time(tmp_path: Path) -> None:
+    paths = write_sequence(tmp_path / "batches", 3, levels=LAYOUT.levels,
+                           species=LAYOUT.species, value=value)  # fmt: skip
+    fake_run(tmp_path / "run")
+    # window 0: the climatology of a day is that day's value, exact at every target
+    clim.build([str(p) for p in paths], LAYOUT, tmp_path / "clim.h5", window=0)
+    out = tmp_path / "scores.jsonl"
+    assert main(["evaluate", "--model", str(tmp_path / "run"), "--batches", *map(str, paths),
+                 "--out", str(out), "--climatology", str(tmp_path / "clim.h5")]) == 0  # fmt: skip
+    got = {(r["variable"], r["channel"]): r for r in map(json.loads, out.open())}
+    t2m = got[("surface/t2m", None)]
+    assert t2m["climatology_kind"] == "day-of-year" and t2m["rmse_climatology"] == 0.0
+    assert t2m["acc_model"] is None  # the truth has no anomaly from an exact climatology
+
+
+def test_scores_weight_latitudes_and_acc_auc_have_known_answers() -> None:
+    lat = np.array([60.0, 0.0])
+    w = lat_weights(lat)
+    assert w.mean() == pytest.approx(1.0) and w[1] / w[0] == pytest.approx(2.0)
+    target = np.array([[[1.0, 1.0], [3.0, 3.0]]])
+    c = np.zeros_like(target)
+    valid = np.ones_like(target, bool)
+    acc = Accumulator(("model", "persistence", "climatology"), np.array([False]))
+    acc.add({"model": target + np.array([[[2.0, 2.0], [0.0, 0.0]]]),  # errors 2 north, 0 south
+             "persistence": -target, "climatology": c}, target, valid, c, w)  # fmt: skip
+    out = summarise(acc, [0], n_boot=20)
+    # weighted MSE: (2 * w0 * 4) / (2 * w0 + 2 * w1) with w1 = 2 w0 -> 8 / 6
+    assert out["rmse_model"] == pytest.approx(np.sqrt(8 / 6))
+    assert out["bias_model"] == pytest.approx(4 / 6) and out["mae_model"] == pytest.approx(4 / 6)
+    assert out["acc_persistence"] == pytest.approx(-1.0)  # the opposite anomaly
+    assert "acc_climatology" not in out and out["rmse_climatology_ci"][0] <= out["rmse_climatology"]
+    hist = np.zeros((2, 10))
+    hist[0, :3], hist[1, 7:] = 1, 1  # every presence scored above every absence
+    assert auc(hist) == 1.0 and auc(hist[::-1]) == 0.0
+    tie = np.zeros((2, 10))
+    tie[:, 4] = 5
+    assert auc(tie) == 0.5 and auc(np.zeros((2, 10))) is None
+
+
+def test_the_climatology_smooths_over_the_day_of_year_circularly() -> None:
+    sums = np.zeros((366, 1))
+    counts = np.zeros((366, 1))
+    sums[0], counts[0] = 10.0, 1.0  # 1 January
+    sums[365], counts[365] = 20.0, 2.0  # 31 December (leap-year day 366)
+    out = clim.smooth(sums, counts, 1)
+    assert out[0, 0] == pytest.approx(30.0 / 3.0) and out[365, 0] == pytest.approx(10.0)
+    assert out[1, 0] == pytest.approx(10.0) and np.isnan(out[100, 0])
+    assert clim.hours_of("6h") == (0, 6, 12, 18) and clim.hours_of("1D") == (0,)
 
 
 def test_evaluate_without_checkpoint_is_a_clean_error(tmp_path: Path, caplog) -> None:

@@ -22,7 +22,7 @@ from tests.test_envs import workflow_rules
 SNELLIUS = str(ROOT / "profiles/snellius")
 LOCAL = str(ROOT / "profiles/local")
 # Rules that run as a SLURM job of their own; every other rule is bundled (group-components).
-SINGLE_JOB_RULES = {"train", "evaluate", "stats"}
+SINGLE_JOB_RULES = {"train", "evaluate", "stats", "climatology"}
 # Run by the Snakemake process itself (compute nodes: no internet).
 LOCAL_RULES = {"download", "species_list"}
 

@@ -6,10 +6,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from bfm.contracts import catalogue
+from bfm.config import validate_config
+from bfm.contracts import catalogue, timeaxis
+from bfm.testing import demo_config
 from bfm.workflow import Plan
 from tests.conftest import ROOT, demo_workdir, snakemake_cmd
 
@@ -205,3 +208,24 @@ def test_settings_do_not_depend_on_the_order_of_config_keys():
     assert repr(a.raw_settings("lpi", "LPD.csv")) == repr(b.raw_settings("lpi", "LPD.csv"))
     assert repr(a.tile_settings("lpi")) == repr(b.tile_settings("lpi"))
     assert repr(a.stats_settings()) == repr(b.stats_settings())
+
+
+@pytest.mark.parametrize("step", ["1D", "6h"])
+def test_no_training_target_or_statistics_slice_is_at_or_after_eval_start(step):
+    """The split is on the target's time: a training pair (batch t0, batch t0 + step) has
+    its target at t0 + 2 steps; statistics read every time of the training batches."""
+    plan = Plan(validate_config(demo_config(time__step=step)))
+    eval_start, dt = plan.eval_start, timeaxis.offset(step)
+
+    def targets(split: str) -> list[pd.Timestamp]:
+        t0s = {pd.Timestamp(timeaxis.parse_t0(n)) for n in plan.batch_names(split)}
+        return sorted(t + 2 * dt for t in t0s if t + dt in t0s)
+
+    train, held_out = targets("train"), targets("eval")
+    assert train and max(train) < eval_start
+    assert held_out and min(held_out) >= eval_start
+    times = [pd.Timestamp(timeaxis.parse_t0(n)) + k * dt for n in plan.batch_names("train")
+             for k in (0, 1)]  # fmt: skip
+    assert max(times) < eval_start
+    assert max(train) == eval_start - dt  # the last target just before the held-out days
+    assert min(held_out) == eval_start + dt  # the first held-out pair starts a step before

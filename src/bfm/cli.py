@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tile": ("bfm.pipeline.tiles", "regrid raw source files into a CF NetCDF tile"),
     "batch": ("bfm.pipeline.batches", "assemble one bfm-batch/1 HDF5 file from tiles"),
     "stats": ("bfm.pipeline.stats", "normalisation statistics over training batches"),
+    "climatology": ("bfm.evaluation.climatology", "per-cell day-of-year climatology of training"),
     "species": ("bfm.pipeline.species", "the species table of the study"),
     "train": ("bfm.training.loop", "pre-train the BFM with DeepSpeed"),
     "evaluate": ("bfm.evaluation.evaluate", "score a trained model on held-out batches"),

@@ -20,7 +20,7 @@ import yaml
 from bfm import plugins
 from bfm.contracts.catalogue import DEFAULT_LEVELS
 from bfm.contracts.grid import Grid
-from bfm.contracts.timeaxis import batch_starts
+from bfm.contracts.timeaxis import batch_starts, in_training
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
@@ -133,7 +133,7 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
             f"({t['start']}) and not after time.end ({t['end']})"
         )
     starts = batch_starts(t["start"], t["end"], t["step"])
-    n_train = int((starts < eval_start).sum())
+    n_train = int(in_training(starts, eval_start, t["step"]).sum())
     n_eval = len(starts) - n_train
     # Training pairs batch t with batch t + step, so each side needs two batches.
     if n_train < 2 or n_eval < 2:

@@ -86,17 +86,17 @@ def label(variable: str) -> str:
     return f"{variable}: {var.long_name} ({var.units})"
 
 
+def _num(v: Any, fmt: str = ".4g") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 def scores_table(rows: list[dict[str, Any]]) -> str:
-    """HTML table of the per-variable summaries (channel null), best RMSE in bold."""
-    summary = [r for r in rows if r.get("channel") is None] or rows
-    head = (
-        "variable",
-        "n",
-        "model RMSE",
-        "persistence RMSE",
-        "climatology RMSE",
-        "skill vs persistence",
-    )
+    """HTML table of the per-variable summaries (channel null) and WeatherBench 2's headline
+    levels (z500, t850, q700), best RMSE in bold, the model's 95 % interval and ACC."""
+    summary = [r for r in rows if r.get("channel") is None or r.get("headline")] or rows
+    head = ("variable", "n", "model RMSE", "95 % interval", "persistence RMSE",
+            "climatology RMSE", "model ACC", "skill vs persistence",
+            "skill vs climatology")  # fmt: skip
     lines = [
         "<table class='scores'>",
         "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>",
@@ -104,15 +104,20 @@ def scores_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in summary:
         vals = [r["rmse_model"], r["rmse_persistence"], r["rmse_climatology"]]
-        best = min(v for v in vals if v is not None)
-        cells = [f"<b>{v:.4g}</b>" if v == best else f"{v:.4g}" for v in vals]
-        skill = (
-            1 - r["rmse_model"] / r["rmse_persistence"] if r["rmse_persistence"] else float("nan")
-        )
+        known = [v for v in vals if v is not None]
+        best = min(known) if known else None
+        cells = [f"<b>{_num(v)}</b>" if v == best and v is not None else _num(v) for v in vals]
+        ci = r.get("rmse_model_ci")
+        interval = f"{ci[0]:.4g} - {ci[1]:.4g}" if ci else "-"
+        skills = [1 - r["rmse_model"] / ref if r["rmse_model"] is not None and ref else None
+                  for ref in (r["rmse_persistence"], r["rmse_climatology"])]  # fmt: skip
+        name = label(str(r["variable"])) + (f" at {r['channel']}" if r.get("channel") else "")
         lines.append(
-            f"<tr><td>{html.escape(label(str(r['variable'])))}</td><td>{r['n']}</td>"
-            + "".join(f"<td>{c}</td>" for c in cells)
-            + f"<td>{skill:+.3f}</td></tr>"
+            f"<tr><td>{html.escape(name)}</td><td>{r['n']}</td><td>{cells[0]}</td>"
+            f"<td>{interval}</td><td>{cells[1]}</td><td>{cells[2]}</td>"
+            f"<td>{_num(r.get('acc_model'), '.3f')}</td>"
+            + "".join(f"<td>{_num(k, '+.3f')}</td>" for k in skills)
+            + "</tr>"
         )
     lines += ["</tbody>", "</table>"]
     return "\n".join(lines)
@@ -125,7 +130,9 @@ def write_scores_html(rows: list[dict[str, Any]], out: str | Path, title: str) -
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}
 </style></head><body>
 <h3>{html.escape(title)}</h3>
-<p>RMSE in physical units on the held-out batches; skill = 1 - model / persistence.</p>
+<p>Latitude-weighted RMSE in physical units on the held-out batches (lead 1), with the
+model's 95 % bootstrap interval over forecast times; climatology: the training years' mean per
+cell and day of year; ACC: anomaly correlation against it; skill = 1 - model / reference.</p>
 {scores_table(rows)}
 </body></html>
 """

@@ -75,7 +75,7 @@ class Plan:
 
     @cached_property
     def _names(self) -> dict[str, list[str]]:
-        train = self.starts < self.eval_start
+        train = timeaxis.in_training(self.starts, self.eval_start, self.step)
         return {
             "all": [timeaxis.format_t0(t) for t in self.starts],
             "train": [timeaxis.format_t0(t) for t in self.starts[train]],
@@ -83,7 +83,8 @@ class Plan:
         }
 
     def batch_names(self, split: str = "all") -> list[str]:
-        """t0 names of the batches in a split: all, train (t0 < eval_start) or eval."""
+        """t0 names of the batches in a split: all, train (both times before eval_start:
+        ``timeaxis.in_training``) or eval (the others)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r} ({', '.join(SPLITS)})")
         return list(self._names[split])
@@ -241,6 +242,12 @@ class Plan:
             "eval_start": self.config["time"]["eval_start"],
         }
         return canonical(settings)
+
+    def climatology_settings(self) -> dict[str, Any]:
+        """What the climatology depends on: the batches, the split and its window."""
+        evaluation = self.config.get("evaluation") or {}
+        return canonical({**self.stats_settings(),
+                          "window_days": evaluation.get("climatology_window_days")})  # fmt: skip
 
 
 def canonical(value: Any) -> Any:

@@ -30,6 +30,7 @@ os.environ.setdefault("BFM_SOURCE_DIR", os.path.dirname(workflow.basedir))
 
 
 SPECIES_TABLE = "results/species/species.parquet"
+CLIMATOLOGY = "results/climatology/climatology.h5"
 
 
 def one_of(names):
@@ -96,6 +97,10 @@ def get_stats_partial_batches(wildcards):
 
 def get_stats_partials(wildcards):
     return [f"results/stats/partial/{p}.json" for p in PLAN.train_periods()]
+
+
+def get_train_batches(wildcards):
+    return [PLAN.batch(t0) for t0 in PLAN.batch_names("train")]
 
 
 def get_train_batches(wildcards):

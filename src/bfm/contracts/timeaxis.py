@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 
 STEPS = ("6h", "1D", "1MS")
@@ -33,6 +34,16 @@ def batch_starts(start: str, end: str, step: str) -> pd.DatetimeIndex:
     """Batch first times t0: both t0 and t0 + step lie in the window."""
     times = steps(start, end, step)
     return times[:-1]
+
+
+def in_training(starts: pd.DatetimeIndex, eval_start: str | pd.Timestamp, step: str) -> np.ndarray:
+    """Which batches train: both their times (t0, t0 + step) lie before ``eval_start``.
+
+    A training pair's target is its second batch's t1, so no target (and no statistics
+    slice) is at or after ``eval_start``. The other batches are held out: the first held-out
+    pair starts at ``eval_start - step`` and its target is ``eval_start + step``.
+    """
+    return np.asarray(starts + offset(step) < pd.Timestamp(eval_start))
 
 
 def next_time(t: pd.Timestamp, step: str) -> pd.Timestamp:

@@ -1,93 +1,93 @@
 """``bfm evaluate``: score a trained model on held-out batches (docs/architecture.md, "Evaluation").
 
-Samples pair batches exactly as training does (input batch t0, t1; target t1 + step). For
-every dynamic variable and channel (pressure level, species key) the RMSE over the valid
-points of all samples, in physical units, of three forecasts of the target:
+Samples pair batches exactly as training does (input batch t0, t1; target t1 + step); a
+*rollout* feeds the model its own forecast: lead L's input is (the previous input's second
+time, the lead L - 1 forecast), the slow groups of the batch at that time, and its target the
+truth L steps after the first target. For every dynamic variable and channel (pressure level,
+species key), in physical units, these forecasts are scored (``bfm.evaluation.scores``:
+latitude-weighted RMSE, bias, MAE, ACC, with bootstrap intervals over the forecast times):
 
 - ``model``: the trained model (weights and normalisation from the run directory);
-- ``persistence``: the input's last time;
-- ``climatology``: the training statistics' mean of that channel.
+- ``persistence``: the initial input's last time, at every lead;
+- ``climatology``: with ``--climatology`` the per-cell day-of-year (and hour) mean of the
+  training years at the target's time (``bfm.evaluation.climatology``); without it the
+  training statistics' mean of the channel (``climatology_kind`` says which);
+- ``constant`` (count channels only): the training mean count, beside the climatology.
 
-A point is valid where both the target and the persistence value are finite (so the three
-scores share one set of points; the model's input has NaN filled, its output is finite).
+A point is valid where the target, the persistence value and the climatology are finite (so
+every forecast is scored on one set of points; the model's output is finite).
 
-Output ``scores.jsonl``, one JSON object per line::
+Outputs: ``scores.jsonl`` (lead 1), one JSON object per line::
 
-    {"variable": "atmospheric/t", "channel": "500", "n": 1234, "rmse_model": 1.2,
-     "rmse_persistence": 1.9, "rmse_climatology": 4.1}
+    {"variable": "atmospheric/t", "channel": "500", "lead": 1, "n": 1234, "headline": false,
+     "rmse_model": 1.2, "rmse_model_ci": [1.1, 1.3], "bias_model": 0.1, "mae_model": 0.9,
+     "acc_model": 0.8, ..., "rmse_persistence": 1.9, "rmse_climatology": 4.1, ...}
 
-``channel`` is the level (hPa) or species key as a string for per-channel lines, and null for
-the line that summarises a variable over all its channels (the only line of a variable with
-one channel). An RMSE over no valid point is null. Runs on CPU with torch only.
+and ``scores_by_lead.jsonl`` beside it (the same lines for leads 1..``--leads``). ``channel``
+is the level (hPa) or species key for per-channel lines and null for the line pooling a
+variable's channels; ``headline`` marks WeatherBench 2's headline lines that exist here (z500,
+t850, q700, t2m, u10, v10, msl). A metric over no valid point is null. CPU with torch only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from bfm.cliutil import add_command, add_config_argument
+from bfm.contracts.batch import Batch, read_batch
 from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.layout import Layout, Normaliser, to_physical
 from bfm.contracts.sample import Sample
+from bfm.evaluation.scores import Accumulator, lat_weights, summarise
 from bfm.fileio import write_text_atomic
 from bfm.model import BFM
 from bfm.training.checkpoint import load_model
-from bfm.training.data import BatchPairs, physical, to_sample
+from bfm.training.data import BatchPairs, pair_batches, physical, to_sample
 from bfm.workflow import load_plan
 
 log = logging.getLogger("bfm.evaluate")
 FORECASTS = ("model", "persistence", "climatology")
-Sums = dict[str, dict[str, np.ndarray]]  # group -> {"n" | forecast: (C,) float64}
+COUNT_FORECASTS = (*FORECASTS, "constant")
+HEADLINE = {("atmospheric/z", "500"), ("atmospheric/t", "850"), ("atmospheric/q", "700"),
+            ("surface/t2m", None), ("surface/u10", None), ("surface/v10", None),
+            ("surface/msl", None)}  # fmt: skip
+BY_LEAD = "scores_by_lead.jsonl"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "evaluate", __doc__, "score a trained model vs persistence and climatology"
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        metavar="RUN_DIR",
-        help="training run directory (results/models/<run>) with meta.json",
-    )
-    p.add_argument(
-        "--batches",
-        nargs="+",
-        required=True,
-        metavar="FILE",
-        help="held-out batch files; consecutive ones form (input, target) pairs",
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        metavar="PATH",
-        help="scores file to write (results/eval/<run>/scores.jsonl)",
-    )
+    p.add_argument("--model", required=True, metavar="RUN_DIR",
+                   help="training run directory (results/models/<run>) with meta.json")  # fmt: skip
+    p.add_argument("--batches", nargs="+", required=True, metavar="FILE",
+                   help="held-out batch files; consecutive ones form (input, target) "
+                   "pairs")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="scores file to write (results/eval/<run>/scores.jsonl); "
+                   f"{BY_LEAD} is written beside it")  # fmt: skip
+    p.add_argument("--climatology", metavar="FILE", default=None,
+                   help="day-of-year climatology of the training years (bfm climatology); "
+                   "default: the training mean of each channel")  # fmt: skip
+    p.add_argument("--leads", type=int, default=None,
+                   help="rollout length in steps (default: the config's evaluation.leads, "
+                   "else 1)")  # fmt: skip
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="bootstrap resamples for the intervals (default: the config's "
+                   "evaluation.bootstrap, else 1000; 0: none)")  # fmt: skip
     add_config_argument(p, required=False)
     p.set_defaults(func=run)
-
-
-def squared_errors(
-    forecasts: dict[str, np.ndarray], target: np.ndarray, persistence: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Per-channel count of valid points and sums of squared errors.
-
-    forecasts: name -> ``(C, H, W)``; target, persistence ``(C, H, W)`` with NaN = missing.
-    Returns ``{"n": (C,), name: (C,)}`` (float64).
-    """
-    valid = np.isfinite(target) & np.isfinite(persistence)
-    out = {"n": valid.sum(axis=(-2, -1)).astype(np.float64)}
-    for name, f in forecasts.items():
-        err = np.where(valid, f.astype(np.float64) - target.astype(np.float64), 0.0)
-        out[name] = (err * err).sum(axis=(-2, -1))
-    return out
 
 
 @torch.no_grad()
@@ -98,44 +98,124 @@ def predict(model: BFM, sample: Sample, norm: Normaliser) -> dict[str, np.ndarra
     return {g: to_physical(layout, norm, g, t[0].numpy()) for g, t in pred.items()}
 
 
-def accumulate(model: BFM, data: BatchPairs) -> Sums:
-    """Sums of squared errors of the three forecasts over every sample of ``data``."""
+def unstack(layout: Layout, group: str, stacked: np.ndarray) -> dict[str, np.ndarray]:
+    """``(C_g, H, W)`` back into the group's variables (``(H, W)`` or ``(inner, H, W)``)."""
+    inner = layout.inner(group)
+    out = {}
+    for v, var in enumerate(layout.variables(group)):
+        part = stacked[v * inner : (v + 1) * inner].astype(np.float32)
+        out[var] = part[0] if layout.kind(group) == DimsKind.TIME else part
+    return out
+
+
+def next_input(x: Batch, forecast: dict[str, np.ndarray], template: Batch,
+               layout: Layout) -> Batch:  # fmt: skip
+    """The rollout's next input: ``x``'s second time and the forecast, at ``template``'s
+    times; the groups the model does not predict (static) from ``template``."""
+    groups = dict(template.groups)
+    for g in layout.dynamic:
+        later = unstack(layout, g, forecast[g])
+        groups[g] = {v: np.stack([x.groups[g][v][1], later[v]]) for v in later}
+    return dataclasses.replace(template, groups=groups, source=f"rollout of {x.source}")
+
+
+def chains(paths: Sequence[str | Path], settings_hash: str | None) -> list[list[Path]]:
+    """Runs of consecutive batches (each one's t1 the next one's t0), in time order."""
+    pairs = pair_batches(list(paths), settings_hash)
+    nxt = {p.input: p.target for p in pairs}
+    starts = [p.input for p in pairs if p.input not in set(nxt.values())]
+    out = []
+    for s in sorted(starts, key=lambda p: p.name):
+        run = [s]
+        while run[-1] in nxt:
+            run.append(nxt[run[-1]])
+        out.append(run)
+    return out
+
+
+class Climatologies:
+    """The climatology forecast: the day-of-year file's mean at the target time, or the
+    training mean of each channel."""
+
+    def __init__(self, path: str | Path | None, norm: Normaliser) -> None:
+        from bfm.evaluation.climatology import Climatology
+
+        self.file = Climatology.open(path) if path else None
+        self.norm = norm
+        self.kind = "day-of-year" if self.file else "training mean"
+
+    def at(self, group: str, t: pd.Timestamp, shape: tuple[int, ...]) -> np.ndarray:
+        if self.file is not None:
+            return self.file.at(group, t)
+        return np.broadcast_to(self.norm.mean[group][:, None, None], shape).astype(np.float64)
+
+
+def forecasts_of(model: BFM, batches: list[Batch], leads: int) -> Iterator[tuple[int, dict]]:
+    """``(lead, forecast per dynamic group)`` of the rollout starting at ``batches[0]``."""
     norm, layout = model.normaliser(), model.config.layout
-    sums: Sums = {}
-    for i in range(len(data)):
-        x, y = data.load(i)
-        pred = predict(model, to_sample(x, y, layout, norm), norm)
-        persistence, target = physical(x, y, layout)
-        for g in layout.dynamic:
-            clim = np.broadcast_to(norm.mean[g][:, None, None], target[g].shape)
-            part = squared_errors(
-                {"model": pred[g], "persistence": persistence[g], "climatology": clim},
-                target[g],
-                persistence[g],
-            )
-            sums[g] = {k: sums[g][k] + v for k, v in part.items()} if g in sums else part
-    return sums
+    x = batches[0]
+    for lead in range(1, leads + 1):
+        if lead >= len(batches):
+            return
+        pred = predict(model, to_sample(x, x, layout, norm), norm)
+        yield lead, pred
+        x = next_input(x, pred, batches[lead], layout)
 
 
-def _line(variable: str, channel: str | None, n: float, se: dict[str, float]) -> dict[str, Any]:
-    rmse = {f"rmse_{k}": (float(np.sqrt(se[k] / n)) if n > 0 else None) for k in FORECASTS}
-    return {"variable": variable, "channel": channel, "n": int(n), **rmse}
+def accumulate(model: BFM, runs: list[list[Path]], leads: int,
+               climatology: Climatologies) -> dict[int, dict[str, Accumulator]]:  # fmt: skip
+    """Per lead and group, the scores' sums over every start of every run."""
+    norm, layout = model.normaliser(), model.config.layout
+    out: dict[int, dict[str, Accumulator]] = {}
+
+    @functools.lru_cache(maxsize=leads + 2)  # a batch is read once, whatever the leads
+    def read(path: Path) -> Batch:
+        batch = read_batch(path)
+        layout.check(batch)
+        return batch
+
+    for run_paths in runs:
+        for k in range(len(run_paths) - 1):
+            window = [read(p) for p in run_paths[k : k + leads + 1]]
+            weights = lat_weights(window[0].grid.latitudes)
+            persistence = physical(window[0], window[1], layout)[0]
+            for lead, pred in forecasts_of(model, window, leads):
+                truth = window[lead]
+                when = pd.Timestamp(truth.times[1])
+                for g in layout.dynamic:
+                    target = layout.stack(g, truth.groups[g])[1]
+                    clim = climatology.at(g, when, target.shape)
+                    counts = layout.count_channels(g)
+                    names = COUNT_FORECASTS if counts.any() else FORECASTS
+                    acc = out.setdefault(lead, {}).setdefault(g, Accumulator(names, counts))
+                    valid = np.isfinite(target) & np.isfinite(persistence[g]) & np.isfinite(clim)
+                    const = np.broadcast_to(norm.mean[g][:, None, None], target.shape)
+                    acc.add({"model": pred[g], "persistence": persistence[g],
+                             "climatology": clim, "constant": const}, target, valid, clim,
+                            weights)  # fmt: skip
+    return out
 
 
-def score_lines(sums: Sums, layout: Layout) -> list[dict[str, Any]]:
-    """Per-channel lines and one all-channel summary line per variable."""
+def score_lines(sums: dict[str, Accumulator], layout: Layout, lead: int, kind: str,
+                n_boot: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Per-channel lines and one all-channel summary line per variable, for one lead."""
     lines: list[dict[str, Any]] = []
     for g in layout.dynamic:
+        if g not in sums:
+            continue
         inner = layout.inner(g)
         labels = layout.channel_labels(g)
         for v, var in enumerate(layout.variables(g)):
-            ch = slice(v * inner, (v + 1) * inner)
-            if layout.kind(g) in (DimsKind.LEVEL, DimsKind.SPECIES):
-                for c in range(ch.start, ch.stop):
-                    se = {k: float(sums[g][k][c]) for k in FORECASTS}
-                    lines.append(_line(f"{g}/{var}", labels[c][1], float(sums[g]["n"][c]), se))
-            se = {k: float(sums[g][k][ch].sum()) for k in FORECASTS}
-            lines.append(_line(f"{g}/{var}", None, float(sums[g]["n"][ch].sum()), se))
+            chans = range(v * inner, (v + 1) * inner)
+            per = [(labels[c][1], [c]) for c in chans] if inner > 1 else []
+            for channel, cs in [*per, (None, list(chans))]:
+                name = f"{g}/{var}"
+                line = {"variable": name, "channel": channel, "lead": lead,
+                        "headline": (name, channel) in HEADLINE or (
+                            inner == 1 and (name, None) in HEADLINE),
+                        "climatology_kind": kind}  # fmt: skip
+                line.update(summarise(sums[g], cs, n_boot))
+                lines.append(line)
     return lines
 
 
@@ -146,29 +226,34 @@ def write_lines(lines: list[dict[str, Any]], path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     model, meta = load_model(args.model)
     plan = load_plan(args.config)
-    data = BatchPairs(
+    settings = (plan.config.get("evaluation") or {}) if plan is not None else {}
+    leads = args.leads if args.leads is not None else int(settings.get("leads", 1))
+    n_boot = args.bootstrap if args.bootstrap is not None else int(settings.get("bootstrap",
+                                                                                1000))  # fmt: skip
+    if leads < 1 or n_boot < 0:
+        raise ValueError(f"--leads {leads} must be >= 1 and --bootstrap {n_boot} >= 0")
+    BatchPairs(
         args.batches,
         model.normaliser(),
         layout=model.config.layout,
         settings_hash=plan.batch_settings_hash if plan is not None else None,
-    )
-    lines = score_lines(accumulate(model, data), model.config.layout)
-    write_lines(lines, Path(args.out))
-    for rec in lines:
-        if rec["channel"] is None:
-            log.info(
-                "%-22s n=%-8d model %s  persistence %s  climatology %s",
-                rec["variable"],
-                rec["n"],
-                rec["rmse_model"],
-                rec["rmse_persistence"],
-                rec["rmse_climatology"],
-            )
-    log.info(
-        "scored %d samples of %s (step %s) -> %s",
-        len(data),
-        args.model,
-        meta.get("steps_done"),
-        args.out,
-    )
+    )  # checks
+    runs = chains(args.batches, plan.batch_settings_hash if plan is not None else None)
+    climatology = Climatologies(args.climatology, model.normaliser())
+    sums = accumulate(model, runs, leads, climatology)
+    layout = model.config.layout
+    by_lead = {lead: score_lines(s, layout, lead, climatology.kind, n_boot)
+               for lead, s in sorted(sums.items())}  # fmt: skip
+    out = Path(args.out)
+    write_lines(by_lead.get(1, []), out)
+    write_lines([x for lines in by_lead.values() for x in lines], out.with_name(BY_LEAD))
+    for rec in by_lead.get(1, []):
+        if rec["channel"] is None or rec["headline"]:
+            log.info("%-22s %-5s n=%-8d model %s  persistence %s  climatology %s  acc %s",
+                     rec["variable"], rec["channel"] or "", rec["n"], rec.get("rmse_model"),
+                     rec.get("rmse_persistence"), rec.get("rmse_climatology"),
+                     rec.get("acc_model"))  # fmt: skip
+    n = sum(len(r) - 1 for r in runs)
+    log.info("scored %d forecasts (leads 1..%d) of %s (step %s; climatology: %s) -> %s", n,
+             leads, args.model, meta.get("steps_done"), climatology.kind, args.out)  # fmt: skip
     return 0
