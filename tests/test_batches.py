@@ -19,7 +19,7 @@ from bfm.testing import ROOT, demo_config
 from bfm.workflow import Plan
 
 GRID = {"lat_min": 44.0, "lat_max": 46.0, "lon_min": 0.0, "lon_max": 2.0, "res": 0.5}
-TIME = {"start": "2010-01-30", "end": "2010-02-03", "step": "1D", "eval_start": "2010-02-01"}
+TIME = {"start": "2010-01-30", "end": "2010-02-03", "step": "1D", "eval_start": "2010-02-02"}
 RAW = {
     "era5_surface": "era5/surface/{p}.nc",
     "era5_atmospheric": "era5/atmospheric/{p}.nc",

@@ -5,6 +5,7 @@ directory through `snakemake --configfile .test/<name>.yaml`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -44,11 +45,18 @@ def file_mode(tmp_path_factory) -> Path:
     sample_cfg.write_text(yaml.safe_dump(as_sample))
     user = workdir / "user_files"
     names = ["surface/2010-01.nc", "atmospheric/2010-01.nc", "static/static.nc"]
-    for name in names:
-        assert main(["sample", "era5", name, "--config", str(sample_cfg), "--out",
-                     str(user / "era5" / name)]) == 0  # fmt: skip
-    assert main(["sample", "gbif", "occurrences.zip", "--config", str(sample_cfg), "--out",
-                 str(user / "gbif/occurrences.zip")]) == 0  # fmt: skip
+    here = os.getcwd()
+    os.chdir(workdir)  # the resolved species list lies under results/ of the working dir
+    try:
+        assert main(["species", "list", "--config", str(sample_cfg), "--out",
+                     "results/species/list.csv"]) == 0  # fmt: skip
+        for name in names:
+            assert main(["sample", "era5", name, "--config", str(sample_cfg), "--out",
+                         str(user / "era5" / name)]) == 0  # fmt: skip
+        assert main(["sample", "gbif", "occurrences.zip", "--config", str(sample_cfg), "--out",
+                     str(user / "gbif/occurrences.zip")]) == 0  # fmt: skip
+    finally:
+        os.chdir(here)
     run_dag(workdir, config)
     return workdir
 
@@ -59,7 +67,12 @@ def test_file_mode_builds_everything_from_the_users_files(file_mode):
     # nothing sampled or downloaded: only the occurrence records combined from the user's GBIF
     raw = sorted(p.relative_to(file_mode / "results/raw").as_posix()
                  for p in (file_mode / "results/raw").rglob("*") if p.is_file())  # fmt: skip
-    assert raw == ["occurrences/records.parquet", "occurrences/records.parquet.quarantine.json"]
+    assert raw == [
+        "occurrences/effort.parquet",
+        "occurrences/effort.parquet.quarantine.json",
+        "occurrences/records.parquet",
+        "occurrences/records.parquet.quarantine.json",
+    ]
     with open_tile(file_mode / "results/tiles/era5_surface/2010-01.nc", "era5_surface") as ds:
         assert "2010-01.nc" in ds.attrs["source"]
         with xr.open_dataset(file_mode / "user_files/era5/surface/2010-01.nc") as raw:

@@ -514,7 +514,8 @@ def test_gbif_sample_window_must_not_end_before_it_starts(tmp_path):
 
 
 def test_gbif_has_one_raw_file(tmp_path):
-    with pytest.raises(ValueError, match=r"gbif: raw file 'birds\.zip' is not 'occurrences\.zip'"):
+    with pytest.raises(ValueError, match=r"gbif: raw file 'birds\.zip' is not one of "
+                       r"\['occurrences\.zip', 'media\.zip', 'effort\.zip'\]"):  # fmt: skip
         gbif.GBIF().sample("birds.zip", tmp_path / "birds.zip", study())
 
 
@@ -523,7 +524,8 @@ def test_occurrence_tile_of_a_period_outside_the_window(raw):
     occurrences = sources.get("occurrences")
     with pytest.raises(ValueError, match=r"records.parquet: time: no step of the window falls "
                        "in period 2011-05"):  # fmt: skip
-        occurrences.tile([raw / "records.parquet"], modality, study(), "2011-05", PROV)
+        occurrences.tile([raw / "records.parquet", raw / "effort.parquet"], modality, study(),
+                         "2011-05", PROV)  # fmt: skip
     for call in (occurrences.open, gbif.GBIF().open):  # tiles come from the period's records
         with pytest.raises(ValueError, match="tile|modality"):
             call([raw / "occurrences.zip"], modality, study())

@@ -301,3 +301,47 @@ def test_metrics_log_is_validated_when_read(tmp_path: Path) -> None:
     path.write_text("not json\n")
     with pytest.raises(ValueError, match=r":1: not a JSON line"):
         checkpoint.read_metrics(path)
+
+
+def test_ensemble_crps_and_spread_skill_have_known_answers() -> None:
+    from bfm.evaluation.ensemble import EnsembleSums, crps
+
+    y = np.array([1.0])
+    assert crps(np.array([[3.0]]), y)[0] == pytest.approx(2.0)  # one member: the MAE
+    assert crps(np.array([[0.0], [2.0]]), y)[0] == pytest.approx(1.0 - 4.0 / 8.0)
+    rng = np.random.default_rng(0)
+    members = rng.normal(size=(6, 5))
+    brute = np.abs(members - y).mean(0) - np.abs(members[:, None] - members[None]).sum(
+        (0, 1)) / (2 * 36)  # fmt: skip
+    np.testing.assert_allclose(crps(members, np.ones(5)), brute)
+    # a reliable ensemble (truth and members from one distribution): spread-skill ~ 1
+    m, shape = 10, (1, 200, 200)
+    ens = EnsembleSums(m)
+    truth = rng.normal(size=shape)
+    ens.add(rng.normal(size=(m, *shape)), truth, np.ones(shape, bool), np.ones(200))
+    out = ens.summary([0])
+    assert out["spread_skill"] == pytest.approx(1.0, abs=0.02) and out["members"] == m
+    over = EnsembleSums(m)  # an over-confident one: members 1/4 as spread as the error
+    over.add(0.25 * rng.normal(size=(m, *shape)), truth, np.ones(shape, bool), np.ones(200))
+    assert over.summary([0])["spread_skill"] < 0.3
+
+
+def test_an_ensemble_of_perturbed_initial_states_is_scored(tmp_path: Path) -> None:
+    paths = write_sequence(tmp_path / "batches", 3, levels=LAYOUT.levels,
+                           species=LAYOUT.species, value=value)  # fmt: skip
+    fake_run(tmp_path / "run")
+    lines = {}
+    for noise in (0.0, 0.5):
+        out = tmp_path / f"scores-{noise}.jsonl"
+        assert main(["evaluate", "--model", str(tmp_path / "run"), "--batches",
+                     *map(str, paths), "--out", str(out), "--members", "3", "--noise",
+                     str(noise), "--bootstrap", "0"]) == 0  # fmt: skip
+        lines[noise] = {(r["variable"], r["channel"]): r for r in map(json.loads, out.open())}
+    same = lines[0.0][("surface/msl", None)]  # no noise: three equal members
+    assert same["members"] == 3 and same["spread"] == 0.0
+    assert same["crps_ensemble"] == pytest.approx(same["mae_model"])
+    assert same["rmse_ensemble_mean"] == pytest.approx(same["rmse_model"])
+    spread = lines[0.5][("surface/msl", None)]
+    # member 0 is the unperturbed model; the perturbed members spread
+    assert spread["spread"] > 0 and spread["rmse_model"] == pytest.approx(same["rmse_model"])
+    assert spread["spread_skill"] > 0 and spread["crps_ensemble"] != same["crps_ensemble"]

@@ -142,7 +142,7 @@ def test_train_checkpoints_resumes_and_is_idempotent(data: dict, tmp_path: Path)
     run = tmp_path / "run"
     # The continuous variables only: their loss can fall towards 0 (a Poisson likelihood of
     # counts has a floor above 0), so the fall measures learning.
-    only_weather = ["--loss-weight", "species/occurrence=0"]
+    only_weather = ["--loss-weight", "species/occurrence=0", "--loss-weight", "species/effort=0"]
     res = bfm([*train_args(data, run, 30), *only_weather])
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run / "checkpoints" / "latest").read_text() == "step_000030"

@@ -30,7 +30,7 @@ def test_plan_splits_and_periods():
     assert len(names) == 58
     train, held_out = plan.batch_names("train"), plan.batch_names("eval")
     assert train + held_out == names
-    assert held_out[0] == "20100218T00"
+    assert held_out[0] == "20100217T00"  # a step before eval_start: its target is after it
     assert plan.periods == ["2010-01", "2010-02"]
     # A batch that crosses a month boundary reads the tiles of both months, and only those.
     assert plan.batch_periods("20100131T00") == ["2010-01", "2010-02"]
@@ -42,7 +42,7 @@ def test_plan_splits_and_periods():
         **{m: [f"results/tiles/{m}/2010-01.nc"] for m in monthly},
     }
     assert plan.train_batches_in("2010-02") == [
-        f"results/batches/201002{d:02d}T00.h5" for d in range(1, 18)
+        f"results/batches/201002{d:02d}T00.h5" for d in range(1, 17)
     ]
     assert plan.train_periods() == ["2010-01", "2010-02"]
 

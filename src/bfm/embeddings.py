@@ -140,20 +140,28 @@ def image_embedding(data: bytes) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _decode_image(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """RGB in [0, 1], HSV in [0, 1] and grey 0..255 (float64) of the resized first frame."""
+def open_rgb(data: bytes, side: int) -> Any:
+    """The first frame of an image file as an RGB ``PIL.Image`` (a JPEG decoded at no less
+    than ``2 side`` pixels); TooLargeMedia for a decompression bomb, CorruptMedia otherwise."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (2 * IMAGE_SIDE, 2 * IMAGE_SIDE))  # JPEG: decode at reduced size
-            frame = img.convert("RGB")
+            img.draft("RGB", (2 * side, 2 * side))  # JPEG: decode at reduced size
+            return img.convert("RGB")
     except Image.DecompressionBombError as err:
         raise TooLargeMedia(f"image too large to decode: {err}") from err
     except MemoryError:
         raise
     except Exception as err:  # Pillow's plugins raise OSError, SyntaxError, ValueError, ...
         raise CorruptMedia(f"image does not decode: {type(err).__name__}: {err}") from err
+
+
+def _decode_image(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RGB in [0, 1], HSV in [0, 1] and grey 0..255 (float64) of the resized first frame."""
+    from PIL import Image
+
+    frame = open_rgb(data, IMAGE_SIDE)
     w, h = frame.size
     scale = IMAGE_SIDE / max(w, h)
     size = (max(8, round(w * scale)), max(8, round(h * scale)))

@@ -39,7 +39,6 @@ file, ``D`` and the options, for the species table's provenance.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.signal  # type: ignore[import-untyped]
 
-from bfm.embeddings import CorruptMedia, TooLargeMedia
+from bfm.embeddings import CorruptMedia, open_rgb
 from bfm.embeddings_audio import MAX_SECONDS, decode_audio
 
 if TYPE_CHECKING:
@@ -217,17 +216,7 @@ def image_input(data: bytes, size: int, mean: tuple[float, ...],
     """``(1, 3, size, size)`` float32 normalised RGB of one image file's bytes."""
     from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at reduced size
-            frame = img.convert("RGB")
-    except Image.DecompressionBombError as err:
-        raise TooLargeMedia(f"image too large to decode: {err}") from err
-    except MemoryError:
-        raise
-    except Exception as err:  # Pillow's plugins raise OSError, SyntaxError, ValueError, ...
-        raise CorruptMedia(f"image does not decode: {type(err).__name__}: {err}") from err
-    frame = frame.resize((size, size), Image.Resampling.BILINEAR)
+    frame = open_rgb(data, size).resize((size, size), Image.Resampling.BILINEAR)
     rgb = np.asarray(frame, dtype=np.float32) / np.float32(255.0)
     norm = (rgb - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(norm.transpose(2, 0, 1)[None])

@@ -60,25 +60,34 @@ BASE = {
 ValueFn = Callable[[str, int, np.ndarray, np.ndarray, int], np.ndarray]
 
 
+def _count_variables() -> frozenset[str]:
+    from bfm.contracts import catalogue
+
+    return frozenset(v.name for m in catalogue.modalities() for v in m.variables
+                     if v.kind == catalogue.VariableKind.COUNT)  # fmt: skip
+
+
 def trend_values(trend: float = 0.5) -> ValueFn:
     """Smooth pattern plus ``trend`` (in scales) per step; counts keep their pattern."""
+    counts = _count_variables()
 
     def value(var: str, k: int, lat: np.ndarray, lon: np.ndarray, ch: int) -> np.ndarray:
         base, scale = BASE.get(var, (0.5, 0.3))
         pattern = np.sin(np.deg2rad(lat * 7 + ch * 20))[:, None] * np.cos(np.deg2rad(lon * 11))
-        drift = 0.0 if var == "occurrence" else trend * k
+        drift = 0.0 if var in counts else trend * k
         return base + scale * (pattern + drift + 0.1 * ch)
 
     return value
 
 
 def random_values(seed: int = 0) -> ValueFn:
-    """Seeded standard-normal fields; occurrence counts Poisson(0.3)."""
+    """Seeded standard-normal fields; counts (occurrence, effort) Poisson(0.3)."""
     rng = np.random.default_rng(seed)
+    counts = _count_variables()
 
     def value(var: str, k: int, lat: np.ndarray, lon: np.ndarray, ch: int) -> np.ndarray:
         shape = (len(lat), len(lon))
-        return rng.poisson(0.3, shape) if var == "occurrence" else rng.normal(size=shape)
+        return rng.poisson(0.3, shape) if var in counts else rng.normal(size=shape)
 
     return value
 

@@ -17,8 +17,7 @@ rule climatology:
         settings=PLAN.climatology_settings(),
         config=get_config_file,
     shell:
-        "bfm climatology --batches {input} --config {params.config} --out {output}"
-        " > {log} 2>&1"
+        "bfm climatology --batches {input} --config {params.config} --out {output}" " > {log} 2>&1"
 
 
 rule evaluate:

@@ -12,7 +12,10 @@ latitude-weighted RMSE, bias, MAE, ACC, with bootstrap intervals over the foreca
 - ``climatology``: with ``--climatology`` the per-cell day-of-year (and hour) mean of the
   training years at the target's time (``bfm.evaluation.climatology``); without it the
   training statistics' mean of the channel (``climatology_kind`` says which);
-- ``constant`` (count channels only): the training mean count, beside the climatology.
+- ``constant`` (count channels only): the training mean count, beside the climatology;
+- with ``--members`` M > 1, an ensemble of perturbed initial states
+  (``bfm.evaluation.ensemble``): ``crps_ensemble``, ``spread``, ``rmse_ensemble_mean`` and
+  ``spread_skill`` per line (member 0, unperturbed, is ``model``).
 
 A point is valid where the target, the persistence value and the climatology are finite (so
 every forecast is scored on one set of points; the model's output is finite).
@@ -48,7 +51,8 @@ from bfm.cliutil import add_command, add_config_argument
 from bfm.contracts.batch import Batch, read_batch
 from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.layout import Layout, Normaliser, to_physical
-from bfm.contracts.sample import Sample
+from bfm.contracts.sample import ModelInput, Sample
+from bfm.evaluation.ensemble import EnsembleSums, perturb
 from bfm.evaluation.scores import Accumulator, lat_weights, summarise
 from bfm.fileio import write_text_atomic
 from bfm.model import BFM
@@ -86,14 +90,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=None,
                    help="bootstrap resamples for the intervals (default: the config's "
                    "evaluation.bootstrap, else 1000; 0: none)")  # fmt: skip
+    p.add_argument("--members", type=int, default=None,
+                   help="ensemble members of perturbed initial states (default: the config's "
+                   "evaluation.members, else 1: no ensemble)")  # fmt: skip
+    p.add_argument("--noise", type=float, default=None,
+                   help="the perturbation's std in training stds (default: evaluation.noise, "
+                   "else 0.05)")  # fmt: skip
     add_config_argument(p, required=False)
     p.set_defaults(func=run)
 
 
 @torch.no_grad()
-def predict(model: BFM, sample: Sample, norm: Normaliser) -> dict[str, np.ndarray]:
+def predict(model: BFM, sample: Sample | ModelInput, norm: Normaliser) -> dict[str, np.ndarray]:
     """Physical-unit prediction ``(C_g, H, W)`` per dynamic group for one sample."""
-    pred = model(sample.input.batched())
+    inputs = sample.input if isinstance(sample, Sample) else sample
+    pred = model(inputs.batched())
     layout = model.config.layout
     return {g: to_physical(layout, norm, g, t[0].numpy()) for g, t in pred.items()}
 
@@ -150,23 +161,41 @@ class Climatologies:
         return np.broadcast_to(self.norm.mean[group][:, None, None], shape).astype(np.float64)
 
 
-def forecasts_of(model: BFM, batches: list[Batch], leads: int) -> Iterator[tuple[int, dict]]:
-    """``(lead, forecast per dynamic group)`` of the rollout starting at ``batches[0]``."""
+Forecast = dict[str, np.ndarray]  # per dynamic group, (C_g, H, W) physical units
+
+
+def forecasts_of(model: BFM, batches: list[Batch], leads: int, members: int = 1,
+                 noise: float = 0.0) -> Iterator[tuple[int, list[Forecast]]]:  # fmt: skip
+    """``(lead, forecast per dynamic group of each member)`` of the rollouts starting at
+    ``batches[0]``: member 0 unperturbed, the others from perturbed initial states
+    (``bfm.evaluation.ensemble``), each rolled out on its own forecasts."""
     norm, layout = model.normaliser(), model.config.layout
-    x = batches[0]
+    xs = [batches[0]] * members
+    seed = int(pd.Timestamp(batches[0].times[0]).value // 10**9)
     for lead in range(1, leads + 1):
         if lead >= len(batches):
             return
-        pred = predict(model, to_sample(x, x, layout, norm), norm)
-        yield lead, pred
-        x = next_input(x, pred, batches[lead], layout)
+        preds = []
+        for m, x in enumerate(xs):
+            inputs = to_sample(x, x, layout, norm).input
+            if lead == 1 and m > 0:
+                inputs = perturb(inputs, layout.dynamic, noise, seed + m)
+            preds.append(predict(model, inputs, norm))
+        yield lead, preds
+        xs = [next_input(x, p, batches[lead], layout) for x, p in zip(xs, preds, strict=True)]
 
 
-def accumulate(model: BFM, runs: list[list[Path]], leads: int,
-               climatology: Climatologies) -> dict[int, dict[str, Accumulator]]:  # fmt: skip
-    """Per lead and group, the scores' sums over every start of every run."""
+Sums = dict[int, dict[str, Accumulator]]
+Ensembles = dict[int, dict[str, EnsembleSums]]
+
+
+def accumulate(model: BFM, runs: list[list[Path]], leads: int, climatology: Climatologies,
+               members: int = 1, noise: float = 0.0) -> tuple[Sums, Ensembles]:  # fmt: skip
+    """Per lead and group, the scores' sums over every start of every run (and the
+    ensemble's, with ``members`` > 1)."""
     norm, layout = model.normaliser(), model.config.layout
-    out: dict[int, dict[str, Accumulator]] = {}
+    out: Sums = {}
+    ensembles: Ensembles = {}
 
     @functools.lru_cache(maxsize=leads + 2)  # a batch is read once, whatever the leads
     def read(path: Path) -> Batch:
@@ -179,8 +208,8 @@ def accumulate(model: BFM, runs: list[list[Path]], leads: int,
             window = [read(p) for p in run_paths[k : k + leads + 1]]
             weights = lat_weights(window[0].grid.latitudes)
             persistence = physical(window[0], window[1], layout)[0]
-            for lead, pred in forecasts_of(model, window, leads):
-                truth = window[lead]
+            for lead, preds in forecasts_of(model, window, leads, members, noise):
+                pred, truth = preds[0], window[lead]
                 when = pd.Timestamp(truth.times[1])
                 for g in layout.dynamic:
                     target = layout.stack(g, truth.groups[g])[1]
@@ -193,11 +222,15 @@ def accumulate(model: BFM, runs: list[list[Path]], leads: int,
                     acc.add({"model": pred[g], "persistence": persistence[g],
                              "climatology": clim, "constant": const}, target, valid, clim,
                             weights)  # fmt: skip
-    return out
+                    if members > 1:
+                        ens = ensembles.setdefault(lead, {}).setdefault(g, EnsembleSums(members))
+                        ens.add(np.stack([p[g] for p in preds]), target, valid, weights)
+    return out, ensembles
 
 
 def score_lines(sums: dict[str, Accumulator], layout: Layout, lead: int, kind: str,
-                n_boot: int) -> list[dict[str, Any]]:  # fmt: skip
+                n_boot: int, ensembles: dict[str, EnsembleSums] | None = None
+                ) -> list[dict[str, Any]]:  # fmt: skip
     """Per-channel lines and one all-channel summary line per variable, for one lead."""
     lines: list[dict[str, Any]] = []
     for g in layout.dynamic:
@@ -215,6 +248,8 @@ def score_lines(sums: dict[str, Accumulator], layout: Layout, lead: int, kind: s
                             inner == 1 and (name, None) in HEADLINE),
                         "climatology_kind": kind}  # fmt: skip
                 line.update(summarise(sums[g], cs, n_boot))
+                if ensembles and g in ensembles:
+                    line.update(ensembles[g].summary(cs))
                 lines.append(line)
     return lines
 
@@ -239,10 +274,14 @@ def run(args: argparse.Namespace) -> int:
         settings_hash=plan.batch_settings_hash if plan is not None else None,
     )  # checks
     runs = chains(args.batches, plan.batch_settings_hash if plan is not None else None)
+    members = args.members if args.members is not None else int(settings.get("members", 1))
+    noise = float(settings.get("noise", 0.05)) if args.noise is None else args.noise
+    if members < 1 or noise < 0:
+        raise ValueError(f"--members {members} must be >= 1 and --noise {noise} >= 0")
     climatology = Climatologies(args.climatology, model.normaliser())
-    sums = accumulate(model, runs, leads, climatology)
+    sums, ensembles = accumulate(model, runs, leads, climatology, members, noise)
     layout = model.config.layout
-    by_lead = {lead: score_lines(s, layout, lead, climatology.kind, n_boot)
+    by_lead = {lead: score_lines(s, layout, lead, climatology.kind, n_boot, ensembles.get(lead))
                for lead, s in sorted(sums.items())}  # fmt: skip
     out = Path(args.out)
     write_lines(by_lead.get(1, []), out)

@@ -324,27 +324,34 @@ def request_download(predicate: Mapping[str, Any], fmt: str, account: Credential
     """Request a download; its key. HTTP 420 is waited out like 429."""
     if fmt not in FORMATS:
         raise ValueError(f"gbif download: format {fmt!r} is not one of {list(FORMATS)}")
-    client, url = _client(client), f"{base_url.rstrip('/')}/occurrence/download/request"
     body = {"creator": account.user, "notificationAddresses": [account.email],
             "sendNotification": False, "format": fmt, "predicate": dict(predicate)}  # fmt: skip
+    return post_request(body, "gbif download request", account, client, base_url)
+
+
+def post_request(body: Mapping[str, Any], what: str, account: Credentials,
+                 client: Client | None = None, base_url: str = API) -> str:  # fmt: skip
+    """POST a download request (predicate or SQL) with the account; the download key.
+    HTTP 420 (too many downloads running) is waited out like 429."""
+    client, url = _client(client), f"{base_url.rstrip('/')}/occurrence/download/request"
     s = client.service
     for attempt in range(s.retries + 1):
         try:
-            response = client.request("POST", url, "download request", json=body,
+            response = client.request("POST", url, what.removeprefix("gbif "), json=dict(body),
                                       auth=(account.user, account.password))  # fmt: skip
             break
         except DownloadError as err:
             if err.status != 420 or attempt == s.retries:
                 raise
             wait = min(s.max_wait, BUSY_WAIT * 2**attempt)
-            log.warning("gbif download request: HTTP 420 (too many downloads running); retry "
-                        "%d/%d in %.0f s", attempt + 1, s.retries, wait)  # fmt: skip
+            log.warning("%s: HTTP 420 (too many downloads running); retry %d/%d in %.0f s",
+                        what, attempt + 1, s.retries, wait)  # fmt: skip
             client.sleep(wait)
     key = response.text.strip()
     if response.status_code != 201 or not re.fullmatch(r"\d+-\d+", key):
-        raise DownloadError(f"gbif download request: HTTP {response.status_code} from {url} "
+        raise DownloadError(f"{what}: HTTP {response.status_code} from {url} "
                             f"without a download key ({key[:80]!r})")  # fmt: skip
-    log.info("gbif download request: key %s", key)
+    log.info("%s: key %s", what, key)
     return key
 
 

@@ -61,7 +61,7 @@ from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.fileio import atomic_path, write_text_atomic
 from bfm.sources import gbif_api, gbif_dwca, manifest
 from bfm.sources.gbif_api import API
-from bfm.sources.http import Client, DownloadError
+from bfm.sources.http import Client
 
 log = logging.getLogger(__name__)
 EFFORT_NAME = "effort.zip"
@@ -134,28 +134,9 @@ def request_sql_download(sql: str, account: gbif_api.Credentials, client: Client
                          base_url: str = API) -> str:  # fmt: skip
     """Request the SQL download; its key. HTTP 420 is waited out like 429."""
     client = client or Client(gbif_api.SERVICE)
-    url = f"{base_url.rstrip('/')}/occurrence/download/request"
     body = {"sendNotification": False, "notificationAddresses": [account.email],
             "format": FORMAT, "sql": sql}  # fmt: skip
-    s = client.service
-    for attempt in range(s.retries + 1):
-        try:
-            response = client.request("POST", url, "effort download request", json=body,
-                                      auth=(account.user, account.password))  # fmt: skip
-            break
-        except DownloadError as err:
-            if err.status != 420 or attempt == s.retries:
-                raise
-            wait = min(s.max_wait, gbif_api.BUSY_WAIT * 2**attempt)
-            log.warning("gbif effort request: HTTP 420 (too many downloads running); retry "
-                        "%d/%d in %.0f s", attempt + 1, s.retries, wait)  # fmt: skip
-            client.sleep(wait)
-    key = response.text.strip()
-    if response.status_code != 201 or not re.fullmatch(r"\d+-\d+", key):
-        raise DownloadError(f"gbif effort request: HTTP {response.status_code} from {url} "
-                            f"without a download key ({key[:80]!r})")  # fmt: skip
-    log.info("gbif effort request: key %s", key)
-    return key
+    return gbif_api.post_request(body, "gbif effort request", account, client, base_url)
 
 
 def _kept(out: Path, sql: str) -> bool:
