@@ -55,9 +55,11 @@ def tiles(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     try:
         os.chdir(d)
-        out = f"{d}/raw/occurrences/records.parquet"
-        assert run(["combine", "occurrences", "records.parquet", "--config", str(cfg),
-                    "--out", out]) == 0  # fmt: skip
+        effort = f"{d}/raw/gbif/effort.zip"  # the sample counts the GBIF sample's records
+        assert run(["sample", "gbif", "effort.zip", "--config", str(cfg), "--out", effort]) == 0
+        for name in ("records.parquet", "effort.parquet"):  # the records, then the effort
+            assert run(["combine", "occurrences", name, "--config", str(cfg),
+                        "--out", f"{d}/raw/occurrences/{name}"]) == 0  # fmt: skip
     finally:
         os.chdir(cwd)
     for modality, raw in RAW.items():
@@ -72,6 +74,11 @@ def tiles(tmp_path_factory) -> Path:
                         p,
                         "--input",
                         f"{d}/raw/{raw.format(p=p)}",
+                        *(
+                            [f"{d}/raw/occurrences/effort.parquet"]
+                            if modality == "species_occurrence"
+                            else []
+                        ),  # fmt: skip
                         "--config",
                         str(cfg),
                         "--out",
