@@ -147,11 +147,18 @@ class Plan:
         """A GBIF connection while keys are matched (none for sample keys)."""
         return {"net_gbif": 1} if self.study.species_keys == "match" else {}
 
+    def species_encoders(self) -> dict[str, Any]:
+        """The config's ``species_table.encoders`` (kind -> path or options; none: {})."""
+        return dict((self.config.get("species_table") or {}).get("encoders") or {})
+
     def species_encoder_files(self) -> list[str]:
-        """The weights of the species table's pretrained encoders (config
-        ``species_table.encoders``), so that new weights rebuild the table."""
-        given = (self.config.get("species_table") or {}).get("encoders") or {}
-        paths_ = [v if isinstance(v, str) else v.get("path") for v in given.values() if v]
+        """The weights of the species table's pretrained encoders, so that new weights
+        rebuild the table."""
+        paths_ = [
+            v if isinstance(v, str) else v.get("path")
+            for v in self.species_encoders().values()
+            if v
+        ]
         return [str(p) for p in paths_ if p]
 
     def species_media(self) -> dict[str, list[str]]:

@@ -35,6 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from bfm.cliutil import add_command, add_config_argument
+from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.grid import Grid
 from bfm.contracts.layout import Layout
 from bfm.fileio import atomic_path
@@ -89,10 +90,9 @@ class Climatology:
 
 def _channel_reads(layout: Layout, group: str) -> list[tuple[str, int | None]]:
     """``(variable, inner index or None)`` of each channel of a group, in layout order."""
-    inner = layout.inner(group)
-    kind = layout.kind(group).value
-    return [(v, i if kind in ("level", "species") else None) for v in layout.variables(group)
-            for i in range(inner)]  # fmt: skip
+    per_channel = layout.kind(group) in (DimsKind.LEVEL, DimsKind.SPECIES)
+    return [(v, i if per_channel else None) for v in layout.variables(group)
+            for i in range(layout.inner(group))]  # fmt: skip
 
 
 def _times(batches: Sequence[str]) -> list[tuple[str, int, pd.Timestamp]]:

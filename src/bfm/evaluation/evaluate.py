@@ -57,7 +57,7 @@ from bfm.evaluation.scores import Accumulator, lat_weights, summarise
 from bfm.fileio import write_text_atomic
 from bfm.model import BFM
 from bfm.training.checkpoint import load_model
-from bfm.training.data import BatchPairs, pair_batches, physical, to_sample
+from bfm.training.data import pair_batches, physical, to_sample
 from bfm.workflow import load_plan
 
 log = logging.getLogger("bfm.evaluate")
@@ -133,6 +133,9 @@ def next_input(x: Batch, forecast: dict[str, np.ndarray], template: Batch,
 def chains(paths: Sequence[str | Path], settings_hash: str | None) -> list[list[Path]]:
     """Runs of consecutive batches (each one's t1 the next one's t0), in time order."""
     pairs = pair_batches(list(paths), settings_hash)
+    if not pairs:
+        raise ValueError(f"--batches: no consecutive pair among {len(paths)} batch files "
+                         "(a pair needs a batch whose t0 is another's t1)")  # fmt: skip
     nxt = {p.input: p.target for p in pairs}
     starts = [p.input for p in pairs if p.input not in set(nxt.values())]
     out = []
@@ -197,10 +200,15 @@ def accumulate(model: BFM, runs: list[list[Path]], leads: int, climatology: Clim
     out: Sums = {}
     ensembles: Ensembles = {}
 
+    first: dict[str, Any] = {}  # the grid every batch must share
+
     @functools.lru_cache(maxsize=leads + 2)  # a batch is read once, whatever the leads
     def read(path: Path) -> Batch:
         batch = read_batch(path)
         layout.check(batch)
+        grid = first.setdefault("grid", batch.grid)
+        if batch.grid != grid:
+            raise ValueError(f"{batch.source}: grid {batch.grid} differs from {grid}")
         return batch
 
     for run_paths in runs:
@@ -267,12 +275,6 @@ def run(args: argparse.Namespace) -> int:
                                                                                 1000))  # fmt: skip
     if leads < 1 or n_boot < 0:
         raise ValueError(f"--leads {leads} must be >= 1 and --bootstrap {n_boot} >= 0")
-    BatchPairs(
-        args.batches,
-        model.normaliser(),
-        layout=model.config.layout,
-        settings_hash=plan.batch_settings_hash if plan is not None else None,
-    )  # checks
     runs = chains(args.batches, plan.batch_settings_hash if plan is not None else None)
     members = args.members if args.members is not None else int(settings.get("members", 1))
     noise = float(settings.get("noise", 0.05)) if args.noise is None else args.noise

@@ -72,7 +72,7 @@ def species_media(plan: Plan) -> tuple[pd.DataFrame, Callable[[str], bytes]]:
 def pretrained_encoders(plan: Plan) -> dict[str, Any]:
     """The config's ``species_table.encoders`` (local TorchScript weights for image and
     audio; ``bfm.embeddings_pretrained``), loaded; none configured: the descriptors."""
-    given = (plan.config.get("species_table") or {}).get("encoders") or {}
+    given = plan.species_encoders()
     if not given:
         return {}
     from bfm.embeddings_pretrained import pretrained_embedders

@@ -9,7 +9,6 @@ UTF-8, a header row, ``\\n`` line ends; a tab or a line break inside a value bec
 from __future__ import annotations
 
 import io
-import wave
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -22,7 +21,7 @@ import pandas as pd
 from bfm.fileio import atomic_path
 from bfm.sources.gbif_dwca import KINDS, MULTIMEDIA_COLUMNS
 from bfm.sources.inaturalist_formats import PNG_MAGIC
-from bfm.sources.xenocanto_formats import audio_kind
+from bfm.sources.xenocanto_formats import audio_kind, pcm16_wav
 
 MEDIA_NAME = "media.zip"
 DWCA_NAME = "occurrences_dwca.zip"  # the DwC-A download the media are taken from
@@ -151,15 +150,7 @@ def sample_wav(index: int, seed: int, k: int) -> bytes:
     pitch = 1200.0 + 700.0 * index
     calls = (np.sin(np.pi * ((t * 2.5) % 1.0)) ** 2) * ((t * 2.5) % 1.0 < 0.625)
     noise = np.random.default_rng([seed, index, k, 13]).normal(0.0, 0.03, n)
-    signal = 0.6 * np.sin(2 * np.pi * pitch * t) * calls + noise
-    pcm = np.clip(signal * 32767, -32768, 32767).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(WAV_RATE)
-        w.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    return pcm16_wav(0.6 * np.sin(2 * np.pi * pitch * t) * calls + noise, WAV_RATE)
 
 
 def corrupt_image(seed: int) -> bytes:

@@ -139,13 +139,17 @@ def tone_wav(pitch: float, seed: int, seconds: float = 0.3) -> bytes:
     t = np.arange(n) / WAV_RATE
     sweep = pitch * (t + 0.2 * t**2 / seconds)  # phase / 2 pi of a linear chirp to 1.4 pitch
     noise = np.random.default_rng([seed, int(pitch)]).normal(0.0, 0.02, n)
-    signal = np.sin(2 * np.pi * sweep) * np.hanning(n) * 0.6 + noise
+    return pcm16_wav(np.sin(2 * np.pi * sweep) * np.hanning(n) * 0.6 + noise, WAV_RATE)
+
+
+def pcm16_wav(signal: np.ndarray, rate: int) -> bytes:
+    """A mono 16-bit WAV file of ``signal`` (full scale +-1, clipped)."""
     pcm = np.clip(signal * 32767, -32768, 32767).astype("<i2")
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
-        w.setframerate(WAV_RATE)
+        w.setframerate(rate)
         w.writeframes(pcm.tobytes())
     return buf.getvalue()
 
