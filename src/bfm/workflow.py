@@ -21,6 +21,8 @@ from typing import Any
 import pandas as pd
 
 from bfm import paths, sources
+from bfm.ablations import FULL_MODEL, Variant, in_study, same_model, variants
+from bfm.ablations import full_model as full_model_of
 from bfm.config import validate_config
 from bfm.contracts import catalogue, timeaxis
 from bfm.contracts.catalogue import STATIC_PERIOD, DimsKind, Modality
@@ -255,6 +257,43 @@ class Plan:
         evaluation = self.config.get("evaluation") or {}
         return canonical({**self.stats_settings(),
                           "window_days": evaluation.get("climatology_window_days")})  # fmt: skip
+
+    # --- ablations --------------------------------------------------------------------------
+    @cached_property
+    def full_model(self) -> Variant:
+        """The training options of the config's model (``bfm.ablations``)."""
+        return in_study(full_model_of(self.config), self.groups, self.has_species)
+
+    @cached_property
+    def _ablations(self) -> dict[bool, tuple[Variant, ...]]:
+        found = [in_study(v, self.groups, self.has_species) for v in variants(self.config)]
+        return {same: tuple(v for v in found if same_model(v, self.full_model) == same)
+                for same in (False, True)}  # fmt: skip
+
+    @property
+    def ablations(self) -> tuple[Variant, ...]:
+        """The variants of ``evaluation.ablations`` (``bfm.ablations``) in config order, but
+        those that change nothing in this study (``ablations_left_out``)."""
+        return self._ablations[False]
+
+    @property
+    def ablations_left_out(self) -> tuple[str, ...]:
+        """Names of the variants that are the full model here: every group they drop is one
+        the study does not build (or only the table goes, in a study without species)."""
+        return tuple(v.name for v in self._ablations[True])
+
+    def variant(self, run: str) -> Variant:
+        """The training options of run ``run``: its ablation's, else the full model's (the
+        config's run, or a run named by hand)."""
+        found = [v for v in self.ablations if v.run == run]
+        return found[0] if found else self.full_model
+
+    def ablation_runs(self) -> dict[str, str]:
+        """Label -> run of the ablation table: the full model first, then each variant by
+        name; empty without ablations."""
+        if not self.ablations:
+            return {}
+        return {FULL_MODEL: self.config["run"], **{v.name: v.run for v in self.ablations}}
 
 
 def canonical(value: Any) -> Any:

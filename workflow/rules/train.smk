@@ -5,6 +5,9 @@ rule train:
     Snakemake deletes the outputs of a failed job, and a re-run must resume from the last
     checkpoint (written every N steps and on SIGTERM/SIGUSR1).
 
+    Every run name trains the config's model, but an ablation's run (<run>-<name>, config
+    evaluation.ablations) with its own backbone, species table and dropped groups.
+
     resources.mpi starts the ranks: "" runs one process; profiles/snellius sets an srun line
     (nodes x tasks_per_node ranks, which find their rank in SLURM's environment); locally
     "mpirun -np 2" works too (Open MPI's environment).
@@ -27,13 +30,14 @@ rule train:
     params:
         model=config["model"],
         train=config["train"],
+        backbone=get_train_backbone,
         out=get_run_dir_of_output,
         config=get_config_file,
         options=get_train_options,
     shell:
         "{resources.mpi} bfm train --batches {input.batches} --stats {input.stats}"
         " --deepspeed {input.deepspeed} --preset {params.model[preset]}"
-        " --backbone {params.model[backbone]} --steps {params.train[steps]}"
+        " --backbone {params.backbone} --steps {params.train[steps]}"
         " --lr {params.train[lr]} --warmup-steps {params.train[warmup_steps]}"
         " --checkpoint-every {params.train[checkpoint_every]} --seed {params.train[seed]}"
         " {params.options} --config {params.config} --out {params.out} > {log} 2>&1"

@@ -29,7 +29,7 @@ continuous variables in normalised units; counts (species occurrences) as a log-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,12 +102,18 @@ class Layout:
                 )
 
     @classmethod
-    def from_batch(cls, batch: Batch) -> Layout:
+    def from_batch(cls, batch: Batch, drop: Iterable[str] = ()) -> Layout:
+        """Every group of ``batch`` but those in ``drop`` (an ablation's: the model does not
+        read them, and ``check`` accepts batches that still hold them)."""
+        drop = set(drop)
+        if absent := sorted(drop - set(batch.groups)):
+            raise ValueError(f"{batch.source}: cannot drop group(s) {absent}: the batch has "
+                             f"none such (it has {sorted(batch.groups)})")  # fmt: skip
         # Catalogue order, not the file's (alphabetical) order: channels and scores follow it.
         return cls(
             levels=tuple(int(v) for v in batch.levels),
             species=tuple(int(v) for v in batch.species),
-            groups=tuple(g for g in catalogue.groups() if g in batch.groups),
+            groups=tuple(g for g in catalogue.groups() if g in batch.groups and g not in drop),
         )
 
     @classmethod
@@ -199,7 +205,9 @@ class Layout:
         return np.concatenate(parts, axis=1)
 
     def check(self, batch: Batch) -> None:
-        """Raise ValueError if ``batch`` does not carry this layout's levels/species/groups."""
+        """Raise ValueError if ``batch`` does not carry this layout's levels/species/groups.
+
+        Groups the layout does not read may be there (an ablation's dropped groups)."""
         missing = [g for g in self.groups if g not in batch.groups]
         if missing:
             raise ValueError(

@@ -29,6 +29,8 @@ class TrainConfig:
         species_table: the species table (parquet) that gives each species its identity;
             required when the batches hold species, unless ``use_species_table`` is False.
         use_species_table: False is the ablation without species identity.
+        drop_groups: batch groups the model does not read (an ablation, ``bfm.ablations``);
+            the batches may still hold them.
         config: the study's config file (``--config``), or None for a run by hand.
     """
 
@@ -48,6 +50,7 @@ class TrainConfig:
     loss_weights: tuple[tuple[str, float], ...] = ()
     species_table: str | None = None
     use_species_table: bool = True
+    drop_groups: tuple[str, ...] = ()
     config: str | None = None
 
     def __post_init__(self) -> None:
@@ -70,6 +73,7 @@ class TrainConfig:
         kw = {k: v for k, v in vars(args).items() if k in names}
         kw["batches"] = tuple(str(b) for b in kw["batches"])
         kw["loss_weights"] = tuple(parse_weight(w) for w in kw.get("loss_weights") or ())
+        kw["drop_groups"] = tuple(kw.get("drop_groups") or ())
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +81,7 @@ class TrainConfig:
         d = asdict(self)
         d["batches"] = list(self.batches)
         d["loss_weights"] = dict(self.loss_weights)
+        d["drop_groups"] = list(self.drop_groups)
         return dict(sorted(d.items()))
 
     def schedule(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ missing ones. Samples are ``bfm.contracts.sample.Sample`` records.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +143,11 @@ def physical(
 
 
 class BatchPairs(Dataset):
-    """Torch dataset of ``to_sample`` records over the consecutive pairs of ``paths``."""
+    """Torch dataset of ``to_sample`` records over the consecutive pairs of ``paths``.
+
+    The layout is ``layout``, else the first batch's groups but ``drop_groups`` (an
+    ablation's); the samples hold the layout's groups only, whatever else the batches hold.
+    """
 
     def __init__(
         self,
@@ -150,6 +155,7 @@ class BatchPairs(Dataset):
         norm: Normaliser | Stats,
         layout: Layout | None = None,
         settings_hash: str | None = None,
+        drop_groups: Sequence[str] = (),
     ) -> None:
         self.pairs = pair_batches(paths, settings_hash)
         if not self.pairs:
@@ -158,7 +164,7 @@ class BatchPairs(Dataset):
                 "(a pair needs a batch whose t0 is another's t1)"
             )
         first = read_batch(self.pairs[0].input)
-        self.layout = layout or Layout.from_batch(first)
+        self.layout = layout or Layout.from_batch(first, drop_groups)
         self.grid = first.grid
         self.norm = (
             norm if isinstance(norm, Normaliser) else Normaliser.from_stats(norm, self.layout)

@@ -20,9 +20,10 @@ Outputs in --out (layout in bfm.training.checkpoint):
   step used). Lines after the checkpoint a run resumes from are dropped.
 - meta.json (build_meta): schema, created_at, bfm_version, git_commit, config_hash,
   settings_hash, config (the study's resolved config, else these settings), stats_path,
-  stats_sha256, model {preset, backbone, config}, parameters, deepspeed {path, zero_stage,
-  precision, config}, world_size, steps_done, steps_target, complete, checkpoint,
-  final_loss, batches (names), train {lr, warmup_steps, weight_decay, checkpoint_every, seed}.
+  stats_sha256, model {preset, backbone, drop_groups (--drop-group), config}, parameters,
+  deepspeed {path, zero_stage, precision, config}, world_size, steps_done, steps_target,
+  complete, checkpoint, final_loss, batches (names), train {lr, warmup_steps, weight_decay,
+  checkpoint_every, seed}.
 - checkpoints/step_NNNNNN every --checkpoint-every steps, at the end and on a signal.
 
 Exit status: 0 when --steps are done (also for a finished run re-invoked, which only
@@ -47,7 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from bfm.ablations import check_drop
 from bfm.cliutil import add_command, add_config_argument
+from bfm.contracts import catalogue
 from bfm.contracts.layout import Layout
 from bfm.contracts.sample import Sample
 from bfm.contracts.species_table import SpeciesTable, read_species_table
@@ -150,6 +153,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="ablation: species tokens without identity from the table",
     )
     p.add_argument(
+        "--drop-group",
+        dest="drop_groups",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="ablation (repeatable): the model does not read this batch group, which the "
+        "batches may still hold; covariates only, not ERA5's groups or species "
+        "(bfm.ablations)",
+    )
+    p.add_argument(
         "--out",
         required=True,
         metavar="DIR",
@@ -191,11 +204,18 @@ class Run:
         """What the run depends on: the study's statistics, model and training keys."""
         if self.plan is None:
             return self.cfg.to_dict()
-        return {
-            "stats": self.plan.stats_settings(),
-            "model": self.plan.config["model"],
-            "train": self.plan.config["train"],
-        }
+        # The run's own model options: an ablation's differ from the config's model keys.
+        model = {**self.plan.config["model"], "backbone": self.cfg.backbone,
+                 "species_table": self.cfg.use_species_table}  # fmt: skip
+        if self.cfg.drop_groups:
+            model["drop_groups"] = list(self.dropped)
+        return {"stats": self.plan.stats_settings(), "model": model,
+                "train": self.plan.config["train"]}  # fmt: skip
+
+    @property
+    def dropped(self) -> tuple[str, ...]:
+        """The groups the model does not read (``--drop-group``), in catalogue order."""
+        return tuple(g for g in catalogue.groups() if g in self.cfg.drop_groups)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -216,6 +236,7 @@ def build_meta(run: Run, step: int, world_size: int) -> dict[str, Any]:
         "model": {
             "preset": run.model_config.preset,
             "backbone": run.model_config.backbone,
+            "drop_groups": list(run.dropped),
             "config": run.model_config.to_dict(),
         },
         "parameters": count_parameters(run.model),
@@ -320,7 +341,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         distributed.init_distributed(dist)  # the lock needs every rank's answer
     with run_lock(cfg, dist):
         settings_hash = plan.batch_settings_hash if plan is not None else None
-        data = BatchPairs(list(cfg.batches), load_stats(cfg.stats), settings_hash=settings_hash)
+        check_drop(cfg.drop_groups, "--drop-group")  # the batches must hold them too
+        data = BatchPairs(list(cfg.batches), load_stats(cfg.stats), settings_hash=settings_hash,
+                          drop_groups=cfg.drop_groups)  # fmt: skip
         table = species_table(cfg, data.layout)
         model_config = build_config(
             cfg.preset, data.layout, backbone=cfg.backbone,
