@@ -153,6 +153,49 @@ def test_held_out_scores_and_report(demo_run):
     assert "Root-mean-square error on the held-out batches" in page
 
 
+@pytest.mark.slow
+def test_every_report_figure_is_displayed_in_a_browser(demo_run):
+    from tests.browser import assert_figures_displayed
+
+    items = ("loss curve", "score table", "scores by lead", "error maps", "forecast maps",
+             "suitability maps", "ablations")  # fmt: skip
+    assert_figures_displayed(
+        demo_run / "report.zip",
+        [{"item": i, "run": "demo"} for i in items]
+        + [{"item": "SDM metrics", "set": "all", "run": "demo"}],
+    )
+
+
+@pytest.mark.slow
+def test_species_models_beat_chance_against_their_baselines(demo_run):
+    metrics = demo_run / "results/sdm/demo/all/metrics.jsonl"
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    methods = {(x["method"], x["cv"]) for x in lines}
+    assert methods == {(m, cv) for m in ("bfm", "glm", "maxent") for cv in ("spatial", "random")}
+    assert len({x["species"] for x in lines}) == 6
+    for x in lines:
+        assert x["replicates"] == 5 and x["auc_roc_sd"] is not None
+    for method in ("bfm", "glm", "maxent"):
+        auc = [x["auc_roc"] for x in lines if x["method"] == method and x["cv"] == "random"]
+        assert np.mean(auc) > 0.6, (method, auc)  # presence follows the sample's environment
+    scores = [json.loads(x) for x in
+              (demo_run / "results/eval/demo/scores.jsonl").read_text().splitlines()]  # fmt: skip
+    occ = next(r for r in scores if r["variable"] == "species/occurrence" and r["channel"] is None)
+    assert occ["deviance_glm"] is not None and occ["auc_glm"] is not None
+
+
+@pytest.mark.slow
+def test_the_forecast_and_error_maps_are_cf_compliant(demo_run):
+    forecast = demo_run / "results/predict/demo/forecast.nc"
+    assert cf_errors(forecast) == []
+    assert cf_errors(demo_run / "results/eval/demo/error_maps.nc") == []
+    with xr.open_dataset(forecast) as ds:
+        assert ds.sizes["time"] == 3 and "suitability" in ds and "t2m_spread" in ds
+        assert float(ds["t2m_spread"].max()) > 0
+        s = ds["suitability"].values
+        assert np.isfinite(s).all() and 0 <= s.min() and s.max() <= 1
+
+
 def cf_errors(path: Path) -> list[str]:
     """What the IOOS compliance checker (CF 1.10) reports as errors for a netCDF file."""
     import tempfile

@@ -22,9 +22,17 @@ from tests.test_envs import workflow_rules
 SNELLIUS = str(ROOT / "profiles/snellius")
 LOCAL = str(ROOT / "profiles/local")
 # Rules that run as a SLURM job of their own; every other rule is bundled (group-components).
-SINGLE_JOB_RULES = {"train", "evaluate", "stats", "climatology"}
+SINGLE_JOB_RULES = {
+    "train",
+    "evaluate",
+    "stats",
+    "climatology",
+    "finetune",
+    "species_glm",
+    "predict",
+}
 # Run by the Snakemake process itself (compute nodes: no internet).
-LOCAL_RULES = {"download", "species_list"}
+LOCAL_RULES = {"download", "species_list", "ablations"}
 
 
 @pytest.fixture

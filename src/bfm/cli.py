@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "species": ("bfm.pipeline.species", "the species table of the study"),
     "train": ("bfm.training.loop", "pre-train the BFM with DeepSpeed"),
     "evaluate": ("bfm.evaluation.evaluate", "score a trained model on held-out batches"),
+    "predict": ("bfm.evaluation.predict", "roll a trained model out into a CF forecast file"),
+    "species-glm": ("bfm.evaluation.species_glm", "Poisson GLM baseline of the species scores"),
+    "finetune": ("bfm.evaluation.sdm", "species distribution models on the BFM vs GLM, MaxEnt"),
     "report": ("bfm.report", "figures and tables for the Snakemake report"),
     "bench": ("bfm.bench", "benchmarks: model step cost, loader throughput"),
 }

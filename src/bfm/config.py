@@ -88,6 +88,8 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     _fill_defaults(schema, resolved, schema)
     _check_modes(resolved, source)
     _check_cross_keys(resolved, source)
+    _check_ablations(resolved, source)
+    _check_sdm_sets(resolved, source)
     return resolved
 
 
@@ -141,6 +143,37 @@ def _check_cross_keys(config: dict[str, Any], source: str) -> None:
             f"{source}: keys 'time.*' give {n_train} training and {n_eval} held-out batches "
             f"at step {t['step']}; each needs at least 2 (widen the window or move eval_start)"
         )
+
+
+def _check_sdm_sets(config: dict[str, Any], source: str) -> None:
+    """Every species of an ``sdm.sets`` entry is modelled (in the subset, else the list)."""
+    sets = (config.get("sdm") or {}).get("sets") or {}
+    named = [n for members in sets.values() for n in (members or [])]
+    if not named:
+        return
+    modelled = list(config.get("species_subset") or [])
+    if not modelled:
+        path = Path(config.get("species", ""))
+        if not path.is_file():
+            return  # the species list's own check names it
+        modelled = pd.read_csv(path)["scientific_name"].astype(str).tolist()
+    for name, members in sets.items():
+        unknown = [n for n in members or [] if n not in modelled]
+        if unknown:
+            raise ConfigError(
+                f"{source}: key 'sdm.sets.{name}' names species that are not modelled: "
+                f"{unknown} (the study models {len(modelled)}: species_subset, else the list)"
+            )
+
+
+def _check_ablations(config: dict[str, Any], source: str) -> None:
+    """Each of ``evaluation.ablations`` is a variant of this study's model (bfm.ablations)."""
+    from bfm.ablations import variants
+
+    try:
+        variants(config)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -285,7 +285,7 @@ def edna_embedding(sequence: str, k: int = EDNA_K) -> np.ndarray:
 
 @cache
 def _vectorizer() -> Any:
-    from sklearn.feature_extraction.text import (  # type: ignore[import-untyped]
+    from sklearn.feature_extraction.text import (
         HashingVectorizer,
     )
 

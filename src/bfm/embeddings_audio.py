@@ -43,9 +43,9 @@ import warnings
 from fractions import Fraction
 
 import numpy as np
-import scipy.fft  # type: ignore[import-untyped]
-import scipy.io.wavfile  # type: ignore[import-untyped]
-import scipy.signal  # type: ignore[import-untyped]
+import scipy.fft
+import scipy.io.wavfile
+import scipy.signal
 
 from bfm.embeddings import AUDIO_DIM, N_MFCC, CorruptMedia, UnsupportedMedia
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.signal  # type: ignore[import-untyped]
+import scipy.signal
 
 from bfm.embeddings import CorruptMedia, open_rgb
 from bfm.embeddings_audio import MAX_SECONDS, decode_audio

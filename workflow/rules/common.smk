@@ -8,6 +8,8 @@
 # (a function of the job's output), which Snakemake keeps out of its params rerun trigger.
 import os
 
+from snakemake.logging import logger
+
 from bfm.config import ConfigError, write_resolved_config
 from bfm.workflow import Plan
 
@@ -24,6 +26,11 @@ if ORPHANS:
         "more: the tiles were built from other files than the config names. Provide the "
         "files or delete those tiles; no job was run."
     )
+if PLAN.ablations_left_out:
+    logger.warning(
+        f"evaluation.ablations: {', '.join(PLAN.ablations_left_out)} left out: each is the "
+        "full model in this study (what it drops, groups or the species table, is not here)"
+    )
 CONFIG_FILE = write_resolved_config(PLAN.config, "results/config")
 # Per-rule conda envs install this checkout (envs/install-bfm.sh), wherever --directory is.
 os.environ.setdefault("BFM_SOURCE_DIR", os.path.dirname(workflow.basedir))
@@ -31,6 +38,7 @@ os.environ.setdefault("BFM_SOURCE_DIR", os.path.dirname(workflow.basedir))
 
 SPECIES_TABLE = "results/species/species.parquet"
 CLIMATOLOGY = "results/climatology/climatology.h5"
+SPECIES_GLM = "results/species_glm/glm.joblib"
 
 
 def one_of(names):
@@ -43,16 +51,29 @@ wildcard_constraints:
     period=r"\d{4}-\d{2}|static",
     t0=r"\d{8}T\d{2}",
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    set=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def get_final_outputs():
+    """The model, its evaluation, forecast and SDMs, and every report item."""
     run = config["run"]
-    return [
+    item = f"results/report/{run}"
+    out = [
         f"results/models/{run}/meta.json",
         f"results/eval/{run}/scores.jsonl",
-        f"results/report/{run}/loss.svg",
-        f"results/report/{run}/scores.html",
+        f"results/predict/{run}/forecast.nc",
+        f"{item}/loss.svg",
+        f"{item}/scores.html",
+        f"{item}/lead.svg",
+        f"{item}/error_maps.png",
+        f"{item}/forecast_maps.png",
     ]
+    if PLAN.has_species:
+        out += [f"{item}/suitability_maps.png"]
+        out += [f"{item}/sdm_{s}.html" for s in sdm_sets()]
+    if ablation_runs():
+        out.append(f"{item}/ablations.html")
+    return out
 
 
 def get_config_file(wildcards, output):
@@ -103,27 +124,82 @@ def get_train_batches(wildcards):
     return [PLAN.batch(t0) for t0 in PLAN.batch_names("train")]
 
 
-def get_train_batches(wildcards):
-    return [PLAN.batch(t0) for t0 in PLAN.batch_names("train")]
-
-
 def get_eval_batches(wildcards):
     return [PLAN.batch(t0) for t0 in PLAN.batch_names("eval")]
 
 
+def get_species_glm(wildcards):
+    """The species GLM baseline of the evaluation, where the study has species."""
+    return [SPECIES_GLM] if PLAN.has_species else []
+
+
+def sdm_sets():
+    """The configured species sets (sdm.sets): one finetune job each."""
+    return list(config["sdm"]["sets"])
+
+
+def get_all_batches(wildcards):
+    return [PLAN.batch(t0) for t0 in PLAN.batch_names()]
+
+
+def get_predict_batches(wildcards):
+    """The first evaluation.leads + 1 held-out batches: bfm predict's start and the batches
+    at its rollout's later input times (their static groups)."""
+    n = config["evaluation"]["leads"] + 1
+    return [PLAN.batch(t0) for t0 in PLAN.batch_names("eval")[:n]]
+
+
+def get_predict_heads(wildcards):
+    """The SDM heads of the first species set (sdm.sets), for the suitability maps."""
+    return [f"results/sdm/{wildcards.run}/{sdm_sets()[0]}/heads.pt"] if PLAN.has_species else []
+
+
+def get_predict_options(wildcards, input):
+    """bfm predict's species names (the species table) and suitability maps (the heads)."""
+    flags = [f"--species-table {input.species_table}"] if input.species_table else []
+    flags += [f"--heads {input.heads}"] if input.heads else []
+    return " ".join(flags)
+
+
 def get_train_species_table(wildcards):
-    return [SPECIES_TABLE] if PLAN.has_species and config["model"]["species_table"] else []
+    uses_table = PLAN.has_species and PLAN.variant(wildcards.run).species_table
+    return [SPECIES_TABLE] if uses_table else []
+
+
+def get_train_backbone(wildcards):
+    """The run's backbone: its ablation's (evaluation.ablations), else model.backbone."""
+    return PLAN.variant(wildcards.run).backbone
 
 
 def get_train_options(wildcards, input):
-    """The loss and the species table of bfm train, as flags."""
+    """The loss, the species table and the run's dropped groups of bfm train, as flags."""
     flags = [f"--loss {config['train']['loss']}"]
     flags += [f"--loss-weight {k}={v}" for k, v in sorted(config["train"]["loss_weights"].items())]
     if input.species_table:
         flags.append(f"--species-table {input.species_table}")
     elif PLAN.has_species:
         flags.append("--no-species-table")
+    flags += [f"--drop-group {g}" for g in PLAN.variant(wildcards.run).drop_groups]
     return " ".join(flags)
+
+
+def ablation_runs():
+    """Label -> run of the ablation table: {"full model": config["run"]}, then each variant
+    of evaluation.ablations by name (run <run>-<name>); {} without ablations."""
+    return PLAN.ablation_runs()
+
+
+def get_ablation_scores():
+    return [f"results/eval/{run}/scores.jsonl" for run in ablation_runs().values()]
+
+
+def get_ablation_score_args():
+    """bfm report ablations' --scores LABEL=PATH, the full model first, each quoted for the
+    shell (labels hold spaces: "full model")."""
+    import shlex
+
+    pairs = zip(ablation_runs(), get_ablation_scores())
+    return " ".join(shlex.quote(f"{label}={path}") for label, path in pairs)
 
 
 def get_run_dir_of_input(wildcards, input):

@@ -13,6 +13,8 @@ latitude-weighted RMSE, bias, MAE, ACC, with bootstrap intervals over the foreca
   training years at the target's time (``bfm.evaluation.climatology``); without it the
   training statistics' mean of the channel (``climatology_kind`` says which);
 - ``constant`` (count channels only): the training mean count, beside the climatology;
+- ``glm`` (count channels, with ``--glm``): the Poisson GLM of the counts on the environmental
+  covariates of the start's last time (``bfm.evaluation.species_glm``), at every lead;
 - with ``--members`` M > 1, an ensemble of perturbed initial states
   (``bfm.evaluation.ensemble``): ``crps_ensemble``, ``spread``, ``rmse_ensemble_mean`` and
   ``spread_skill`` per line (member 0, unperturbed, is ``model``).
@@ -29,7 +31,9 @@ Outputs: ``scores.jsonl`` (lead 1), one JSON object per line::
 and ``scores_by_lead.jsonl`` beside it (the same lines for leads 1..``--leads``). ``channel``
 is the level (hPa) or species key for per-channel lines and null for the line pooling a
 variable's channels; ``headline`` marks WeatherBench 2's headline lines that exist here (z500,
-t850, q700, t2m, u10, v10, msl). A metric over no valid point is null. CPU with torch only.
+t850, q700, t2m, u10, v10, msl). A metric over no valid point is null. ``error_maps.nc``
+beside them holds the headline lines' per-gridpoint RMSE per lead and forecast (format in
+``bfm.evaluation.error_maps``). CPU with torch only.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ import dataclasses
 import functools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -53,12 +57,18 @@ from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.layout import Layout, Normaliser, to_physical
 from bfm.contracts.sample import ModelInput, Sample
 from bfm.evaluation.ensemble import EnsembleSums, perturb
+from bfm.evaluation.error_maps import FILENAME as ERROR_MAPS
+from bfm.evaluation.error_maps import ErrorMaps
 from bfm.evaluation.scores import Accumulator, lat_weights, summarise
 from bfm.fileio import write_text_atomic
 from bfm.model import BFM
+from bfm.provenance import provenance
 from bfm.training.checkpoint import load_model
 from bfm.training.data import pair_batches, physical, to_sample
 from bfm.workflow import load_plan
+
+if TYPE_CHECKING:
+    from bfm.evaluation.species_glm import SpeciesGLM
 
 log = logging.getLogger("bfm.evaluate")
 FORECASTS = ("model", "persistence", "climatology")
@@ -80,10 +90,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "pairs")  # fmt: skip
     p.add_argument("--out", required=True, metavar="PATH",
                    help="scores file to write (results/eval/<run>/scores.jsonl); "
-                   f"{BY_LEAD} is written beside it")  # fmt: skip
+                   f"{BY_LEAD} and {ERROR_MAPS} are written beside it")  # fmt: skip
     p.add_argument("--climatology", metavar="FILE", default=None,
                    help="day-of-year climatology of the training years (bfm climatology); "
                    "default: the training mean of each channel")  # fmt: skip
+    p.add_argument("--glm", metavar="FILE", default=None,
+                   help="the species GLM (bfm species-glm): scored as forecast 'glm' of the "
+                   "count channels")  # fmt: skip
     p.add_argument("--leads", type=int, default=None,
                    help="rollout length in steps (default: the config's evaluation.leads, "
                    "else 1)")  # fmt: skip
@@ -167,17 +180,20 @@ class Climatologies:
 Forecast = dict[str, np.ndarray]  # per dynamic group, (C_g, H, W) physical units
 
 
-def forecasts_of(model: BFM, batches: list[Batch], leads: int, members: int = 1,
-                 noise: float = 0.0) -> Iterator[tuple[int, list[Forecast]]]:  # fmt: skip
-    """``(lead, forecast per dynamic group of each member)`` of the rollouts starting at
-    ``batches[0]``: member 0 unperturbed, the others from perturbed initial states
-    (``bfm.evaluation.ensemble``), each rolled out on its own forecasts."""
+def rollout(model: BFM, start: Batch, template: Callable[[int], Batch], leads: int,
+            members: int = 1, noise: float = 0.0
+            ) -> Iterator[tuple[int, list[Forecast]]]:  # fmt: skip
+    """``(lead, forecast per dynamic group of each member)`` for leads 1..``leads`` of the
+    rollouts from ``start``: member 0 unperturbed, the others from perturbed initial states
+    (``bfm.evaluation.ensemble``, seeded by the start time and member), each rolled out on
+    its own forecasts. ``template(lead)`` is the batch at the input times of lead + 1 whose
+    groups the model does not predict the next input takes (``next_input``); it is asked
+    for leads 1..``leads`` - 1 only, after the lead is consumed. Only the members' current
+    states are held."""
     norm, layout = model.normaliser(), model.config.layout
-    xs = [batches[0]] * members
-    seed = int(pd.Timestamp(batches[0].times[0]).value // 10**9)
+    xs = [start] * members
+    seed = int(pd.Timestamp(start.times[0]).value // 10**9)
     for lead in range(1, leads + 1):
-        if lead >= len(batches):
-            return
         preds = []
         for m, x in enumerate(xs):
             inputs = to_sample(x, x, layout, norm).input
@@ -185,7 +201,24 @@ def forecasts_of(model: BFM, batches: list[Batch], leads: int, members: int = 1,
                 inputs = perturb(inputs, layout.dynamic, noise, seed + m)
             preds.append(predict(model, inputs, norm))
         yield lead, preds
-        xs = [next_input(x, p, batches[lead], layout) for x, p in zip(xs, preds, strict=True)]
+        if lead < leads:
+            later = template(lead)
+            xs = [next_input(x, p, later, layout) for x, p in zip(xs, preds, strict=True)]
+
+
+def forecasts_of(model: BFM, batches: list[Batch], leads: int, members: int = 1,
+                 noise: float = 0.0) -> Iterator[tuple[int, list[Forecast]]]:  # fmt: skip
+    """``rollout`` from ``batches[0]`` for the leads whose truth ``batches`` hold (lead L's
+    truth is the second time of ``batches[L]``, which is also lead L + 1's template)."""
+    steps = min(leads, len(batches) - 1)
+    return rollout(model, batches[0], batches.__getitem__, steps, members, noise)
+
+
+def headline_channels(layout: Layout) -> list[tuple[str, int]]:
+    """``(group, channel)`` of the headline lines (``HEADLINE``) the layout has."""
+    return [(g, c) for g in layout.dynamic
+            for c, (var, label) in enumerate(layout.channel_labels(g))
+            if (f"{g}/{var}", label) in HEADLINE]  # fmt: skip
 
 
 Sums = dict[int, dict[str, Accumulator]]
@@ -193,9 +226,11 @@ Ensembles = dict[int, dict[str, EnsembleSums]]
 
 
 def accumulate(model: BFM, runs: list[list[Path]], leads: int, climatology: Climatologies,
-               members: int = 1, noise: float = 0.0) -> tuple[Sums, Ensembles]:  # fmt: skip
+               members: int = 1, noise: float = 0.0, maps: ErrorMaps | None = None,
+               glm: SpeciesGLM | None = None) -> tuple[Sums, Ensembles]:  # fmt: skip
     """Per lead and group, the scores' sums over every start of every run (and the
-    ensemble's, with ``members`` > 1)."""
+    ensemble's, with ``members`` > 1; the per-cell ``maps``, when given; the count groups'
+    ``glm`` forecast from the start's covariates, when given)."""
     norm, layout = model.normaliser(), model.config.layout
     out: Sums = {}
     ensembles: Ensembles = {}
@@ -216,6 +251,7 @@ def accumulate(model: BFM, runs: list[list[Path]], leads: int, climatology: Clim
             window = [read(p) for p in run_paths[k : k + leads + 1]]
             weights = lat_weights(window[0].grid.latitudes)
             persistence = physical(window[0], window[1], layout)[0]
+            counts_glm = glm.predict(window[1]) if glm is not None else {}
             for lead, preds in forecasts_of(model, window, leads, members, noise):
                 pred, truth = preds[0], window[lead]
                 when = pd.Timestamp(truth.times[1])
@@ -224,12 +260,24 @@ def accumulate(model: BFM, runs: list[list[Path]], leads: int, climatology: Clim
                     clim = climatology.at(g, when, target.shape)
                     counts = layout.count_channels(g)
                     names = COUNT_FORECASTS if counts.any() else FORECASTS
-                    acc = out.setdefault(lead, {}).setdefault(g, Accumulator(names, counts))
                     valid = np.isfinite(target) & np.isfinite(persistence[g]) & np.isfinite(clim)
                     const = np.broadcast_to(norm.mean[g][:, None, None], target.shape)
-                    acc.add({"model": pred[g], "persistence": persistence[g],
-                             "climatology": clim, "constant": const}, target, valid, clim,
-                            weights)  # fmt: skip
+                    forecasts = {"model": pred[g], "persistence": persistence[g],
+                                 "climatology": clim, "constant": const}  # fmt: skip
+                    if g in counts_glm:
+                        if counts_glm[g].shape != target.shape:
+                            raise ValueError(f"--glm: predicts {counts_glm[g].shape} for group "
+                                             f"{g}, the model {target.shape}: fitted on "
+                                             "other batches")  # fmt: skip
+                        names = (*names, "glm")
+                        forecasts["glm"] = np.where(np.isfinite(counts_glm[g]), counts_glm[g],
+                                                    const)  # fmt: skip
+                    acc = out.setdefault(lead, {}).setdefault(g, Accumulator(names, counts))
+                    acc.add(forecasts, target, valid, clim, weights)
+                    if maps is not None:
+                        maps.add(lead, g, {"model": pred[g], "persistence": persistence[g],
+                                           "climatology": clim}, target, valid, truth.grid,
+                                 truth.step)  # fmt: skip
                     if members > 1:
                         ens = ensembles.setdefault(lead, {}).setdefault(g, EnsembleSums(members))
                         ens.add(np.stack([p[g] for p in preds]), target, valid, weights)
@@ -281,13 +329,25 @@ def run(args: argparse.Namespace) -> int:
     if members < 1 or noise < 0:
         raise ValueError(f"--members {members} must be >= 1 and --noise {noise} >= 0")
     climatology = Climatologies(args.climatology, model.normaliser())
-    sums, ensembles = accumulate(model, runs, leads, climatology, members, noise)
     layout = model.config.layout
+    maps = ErrorMaps(layout, headline_channels(layout), FORECASTS)
+    glm = None
+    if args.glm:
+        from bfm.evaluation.species_glm import load as load_glm
+
+        glm = load_glm(args.glm)
+    sums, ensembles = accumulate(model, runs, leads, climatology, members, noise, maps, glm)
     by_lead = {lead: score_lines(s, layout, lead, climatology.kind, n_boot, ensembles.get(lead))
                for lead, s in sorted(sums.items())}  # fmt: skip
     out = Path(args.out)
     write_lines(by_lead.get(1, []), out)
     write_lines([x for lines in by_lead.values() for x in lines], out.with_name(BY_LEAD))
+    used = {"model": str(args.model), "leads": leads, "members": members, "noise": noise,
+            "climatology_kind": climatology.kind,
+            "batches": plan.batch_settings_hash if plan is not None else None}  # fmt: skip
+    maps.write(out.with_name(ERROR_MAPS), {
+        **provenance(plan.config if plan is not None else None, used),
+        "run": str(args.model), "climatology_kind": climatology.kind})  # fmt: skip
     for rec in by_lead.get(1, []):
         if rec["channel"] is None or rec["headline"]:
             log.info("%-22s %-5s n=%-8d model %s  persistence %s  climatology %s  acc %s",

@@ -69,6 +69,18 @@ class BFM(nn.Module):
             self.encoder.species.set_table(species.select(cfg.layout.species))
 
     def forward(self, x: ModelInput) -> dict[str, Tensor]:
+        inputs, h, w, centres, t, species, latents = self.latents(x)
+        out = {g: y[..., :h, :w] for g, y in self.decoder(latents, self.pos_decoder(*centres), t,
+                                                           species).items()}  # fmt: skip
+        if self.local is not None:  # counts: the cell's own environment too
+            missing = x.missing or {g: torch.zeros_like(v) for g, v in inputs.items()}
+            for g, term in self.local(inputs, missing, species).items():
+                out[g] = out[g] + term.to(out[g].dtype)
+        return {g: self._head(g, y, inputs[g]) for g, y in out.items()}
+
+    def latents(self, x: ModelInput) -> tuple:
+        """Encoder and backbone: ``(inputs, H, W, patch centres, time embedding, species
+        vectors, latents (B, K, Hp, Wp, D))``."""
         inputs, layout = x.inputs, self.config.layout
         h, w = self._check(inputs)
         p = self.config.patch_size
@@ -82,13 +94,20 @@ class BFM(nn.Module):
         masks = {g: pad_to(missing[g], p, value=1.0) for g in layout.groups}
         species = self.encoder.species() if hasattr(self.encoder, "species") else None
         latents = self.encoder(padded, masks, self.pos_encoder(*centres), t, species)
-        latents = self.backbone(latents)
-        out = {g: y[..., :h, :w] for g, y in self.decoder(latents, self.pos_decoder(*centres), t,
-                                                           species).items()}  # fmt: skip
-        if self.local is not None:  # counts: the cell's own environment too
-            for g, term in self.local(inputs, missing, species).items():
-                out[g] = out[g] + term.to(out[g].dtype)
-        return {g: self._head(g, y, inputs[g]) for g, y in out.items()}
+        return inputs, h, w, centres, t, species, self.backbone(latents)
+
+    def cell_features(self, x: ModelInput) -> Tensor:
+        """``(B, H, W, F)``: per cell, the backbone's latent levels of its patch (``K D``)
+        and, when the model has the local pathway, its per-cell features (``local_dim``)."""
+        inputs, h, w, _, _, _, latents = self.latents(x)
+        b, k, hp, wp, d = latents.shape
+        p = self.config.patch_size
+        cells = latents.permute(0, 2, 3, 1, 4).reshape(b, hp, wp, k * d)
+        cells = cells.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, :h, :w]
+        if self.local is None:
+            return cells
+        missing = x.missing or {g: torch.zeros_like(v) for g, v in inputs.items()}
+        return torch.cat([cells, self.local.features(inputs, missing).to(cells.dtype)], dim=-1)
 
     def _head(self, group: str, y: Tensor, x: Tensor) -> Tensor:
         """Continuous channels: the change from the last input (residual) or the normalised
