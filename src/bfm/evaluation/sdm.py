@@ -608,7 +608,7 @@ def _fold_predictions(method: str, points: Points, ex: Extracted,
             tuned, head = fit_lora(model, inputs, points, z, y, train, settings, seed)
             z = lora_features(tuned, inputs, points)
         with torch.no_grad():
-            prob = torch.sigmoid(head(torch.from_numpy(z))).numpy()
+            prob = torch.sigmoid(head(torch.tensor(z))).numpy()  # a copy: z may be read-only
         pairs = enumerate(zip(data, folds, strict=True))
         return [prob[idx[f == k], s] for s, ((idx, _), f) in pairs]
     out = []

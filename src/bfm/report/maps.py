@@ -13,7 +13,6 @@ has no geometry library): each polygon's rings become line strips.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,14 +49,10 @@ def _polygons(geometry: Any) -> list[Any]:
 
 @functools.cache
 def _rings(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, ...]:
-    try:
-        collection = json.loads(Path(path).read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
-        raise ValueError(f"{path}: not a GeoJSON FeatureCollection")
+    from bfm.sources.countries import read_features
+
     rings = []
-    for i, feature in enumerate(collection.get("features") or []):
+    for i, feature in enumerate(read_features(path)):
         try:
             for polygon in _polygons(feature.get("geometry")):
                 rings += [np.asarray(r, float)[:, :2] for r in polygon]

@@ -92,20 +92,26 @@ def load(path: str | Path = BOUNDARIES) -> Countries:
     return _load(*_stamp(path))
 
 
-@functools.cache
-def _load(path: str, size: int, mtime_ns: int) -> Countries:
-    import shapely
-    from shapely.geometry import shape
-
+def read_features(path: str | Path) -> list[dict[str, Any]]:
+    """The features of a GeoJSON FeatureCollection file; ValueError naming the file if it is
+    not one."""
     try:
         collection = json.loads(Path(path).read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
         raise ValueError(f"{path}: not a GeoJSON FeatureCollection")
+    return list(collection.get("features") or [])
+
+
+@functools.cache
+def _load(path: str, size: int, mtime_ns: int) -> Countries:
+    import shapely
+    from shapely.geometry import shape
+
     codes: list[str] = []
     names, features = [], []
-    for i, feature in enumerate(collection.get("features") or []):
+    for i, feature in enumerate(read_features(path)):
         props = feature.get("properties") or {}
         code = str(props.get("iso3", ""))
         if len(code) != 3 or not code.isalpha() or not code.isupper():
