@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --disable-pip-version-check -q -e '.[test]'
 	touch $@
 
-# The offline demo DAG (sample sources -> tiles -> batches -> stats -> training ->
-# evaluation), then the Snakemake report.
+# The offline demo DAG (sample sources -> tiles -> batches -> stats -> training and its
+# ablations -> evaluation, species distribution models, forecast), then the Snakemake report.
 demo: $(STAMP)
 	. $(VENV)/bin/activate && snakemake --cores $(CORES) && snakemake --report report.zip
 	@echo "demo done: results/ and report.zip"
