@@ -199,9 +199,9 @@ def sdm_intro(rows: list[dict[str, Any]]) -> str:
     """The paragraph above the SDM table: the methods, the CV schemes and their settings."""
     spatial = [r for r in rows if r["cv"] == "spatial"]
     return f"""<p>Species distribution models of each species, scored at its presence and
-background points under cross-validation: <b>BFM</b>, the pre-trained model's embedding
-fine-tuned with a suitability head; <b>BFM + LoRA</b>, the same with low-rank adapters in the
-backbone; <b>GLM</b>, logistic regression on the environmental covariates; <b>MaxEnt</b>,
+background points under cross-validation: <b>BFM</b>, a suitability head on the frozen
+pre-trained model's cell features (its input without the species group); <b>BFM + LoRA</b>,
+the same with low-rank adapters in the backbone; <b>GLM</b>, logistic regression on the environmental covariates; <b>MaxEnt</b>,
 maximum entropy (elapid). Each cell: the mean &plusmn; standard deviation over
 {_values(rows, "replicates")} replicates of {_values(rows, "folds")}-fold cross-validation.
 <b>Spatial block CV</b> deals square blocks of {_values(spatial, "block_size_deg")} degrees to the
