@@ -160,3 +160,15 @@ def test_damaged_bytes_are_detected_never_read_as_data(small_grid, tmp_path):
             for var, arr in variables.items():
                 np.testing.assert_array_equal(back.groups[group][var], arr)
     assert detected >= 12, detected  # most damage hits checksummed chunks (14 of 25 here)
+
+
+def test_only_the_groups_asked_for_are_read(tmp_path: Path) -> None:
+    path = write_batch(mock_batch("2010-01-01"), tmp_path / "20100101T00.h5", PROV)
+    with h5py.File(path, "a") as f:  # a group no module here knows (a plugin's, say)
+        f.attrs["groups"] = f.attrs["groups"].replace('"species"', '"species", "toy"')
+        f.create_group("toy")
+    with pytest.raises(BatchError, match="toy"):
+        read_batch(path)
+    batch = read_batch(path, only=("surface", "atmospheric"))
+    assert set(batch.groups) == {"surface", "atmospheric"}
+    assert batch.groups["surface"]["t2m"].shape[0] == 2

@@ -126,3 +126,17 @@ def test_export_writes_the_torch_variables() -> None:
         "MASTER_ADDR": "gcn3",
         "MASTER_PORT": "12345",
     }
+
+
+def test_two_mpiruns_side_by_side_get_their_own_port() -> None:
+    """Every rank of one mpirun shares its PMIx namespace, two mpiruns do not: a model and
+    its ablation training at once on one machine must not both take 29500."""
+    env = {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"}
+    a = discover({**env, "PMIX_NAMESPACE": "prterun-vm-8656@1"}, no_hosts)
+    a1 = discover({**env, "OMPI_COMM_WORLD_RANK": "1", "PMIX_NAMESPACE": "prterun-vm-8656@1"},
+                  no_hosts)  # fmt: skip
+    b = discover({**env, "PMIX_NAMESPACE": "prterun-vm-8702@1"}, no_hosts)
+    assert a.master_port == a1.master_port != b.master_port
+    assert 10000 <= a.master_port < 30000
+    explicit = discover({**env, "PMIX_NAMESPACE": "x", "MASTER_PORT": "4242"}, no_hosts)
+    assert explicit.master_port == 4242

@@ -350,3 +350,19 @@ def test_evaluate_scores_the_glm_beside_the_other_species_forecasts(sdm_batches,
                 and x["channel"] == str(KEYS[0]))  # fmt: skip
     assert warm["deviance_glm"] < warm["deviance_constant"]
     assert main([*args, "--glm", str(tmp_path / "missing.joblib")]) == 1
+
+
+def test_a_species_never_recorded_is_left_out_and_said(tmp_path):
+    def none_for_the_second(var, k, lat, lon, ch):
+        v = values(var, k, lat, lon, ch)
+        return np.zeros_like(v) if var == "occurrence" and ch == 1 else v
+
+    paths = write_sequence(tmp_path / "b", 4, grid=GRID, species=KEYS,
+                           value=none_for_the_second, levels=(500, 850))  # fmt: skip
+    settings = sdm.Settings(replicates=1, folds=2, methods=("glm",))
+    lines = sdm.finetune(None, paths, KEYS, ["Warm one", "Never"], settings, tmp_path / "out")
+    assert {x["species"] for x in lines} == {"Warm one"}
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["species_left_out"] == ["Never"]
+    with pytest.raises(ValueError, match="no species of the set has a presence and a"):
+        sdm.finetune(None, paths, KEYS[1:], ["Never"], settings, tmp_path / "none")

@@ -42,5 +42,8 @@ rule species_glm:
         "logs/species_glm.log",
     conda:
         "../../envs/train.yaml"
+    params:
+        config=get_config_file,
     shell:
-        "bfm species-glm --batches {input} --out {output} > {log} 2>&1"
+        "bfm species-glm --batches {input} --config {params.config} --out {output}"
+        " > {log} 2>&1"

@@ -206,9 +206,11 @@ def _attr(f: h5py.File, path: Path, key: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_batch(path: str | Path, require: tuple[str, ...] = ()) -> Batch:
+def read_batch(path: str | Path, require: tuple[str, ...] = (),
+               only: tuple[str, ...] | None = None) -> Batch:  # fmt: skip
     """Read and validate a batch file; BatchError names the file and the field on any breach,
-    and on any damage to the file (its datasets carry checksums)."""
+    and on any damage to the file (its datasets carry checksums). With ``only``, just those
+    groups are read (the others, a plugin's say, are neither read nor checked)."""
     path = Path(path)
     try:
         f = h5py.File(path, "r")
@@ -216,7 +218,7 @@ def read_batch(path: str | Path, require: tuple[str, ...] = ()) -> Batch:
         raise BatchError(f"{path}: cannot open as HDF5 ({err})") from err
     try:
         with f:
-            return _read(f, path, require)
+            return _read(f, path, require, only)
     except BatchError:
         raise
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
@@ -226,7 +228,8 @@ def read_batch(path: str | Path, require: tuple[str, ...] = ()) -> Batch:
         ) from err
 
 
-def _read(f: h5py.File, path: Path, require: tuple[str, ...]) -> Batch:
+def _read(f: h5py.File, path: Path, require: tuple[str, ...],
+          only: tuple[str, ...] | None = None) -> Batch:  # fmt: skip
     schema = _attr(f, path, "schema")
     if schema != SCHEMA:
         raise BatchError(f"{path}: attribute 'schema' is {schema!r}, expected {SCHEMA!r}")
@@ -252,6 +255,8 @@ def _read(f: h5py.File, path: Path, require: tuple[str, ...]) -> Batch:
     groups: dict[str, dict[str, np.ndarray]] = {}
     levels, species = np.zeros(0, np.int64), np.zeros(0, np.int64)
     for gname in names:
+        if only is not None and gname not in only:
+            continue
         if gname not in f or not isinstance(f[gname], h5py.Group):
             raise BatchError(f"{path}: attribute 'groups' lists {gname!r} but no such group")
         grp = f[gname]

@@ -414,6 +414,11 @@ def fit_predict(method: str, x_train: np.ndarray, y_train: np.ndarray, x_test: n
     if method == "maxent":
         import elapid
 
+        x_test = x_test.copy()
+        for c, _ in categorical:  # elapid's one-hot refuses a category the fit never saw
+            seen, n = np.unique(x_train[:, c], return_counts=True)
+            x_test[~np.isin(x_test[:, c], seen), c] = seen[np.argmax(n)]
+
         mx = elapid.MaxentModel(feature_types=["linear", "quadratic", "hinge"],
                                 beta_multiplier=1.5, n_cpus=1, random_state=seed)  # fmt: skip
         mx.fit(x_train, y_train.astype(int), categorical=[c for c, _ in categorical] or None)
@@ -738,10 +743,20 @@ def finetune(model: BFM | None, paths: Sequence[Path], keys: Sequence[int],
     if not paths:
         raise ValueError("--batches: no batch file")
     points = sample_points(paths, keys, settings)
-    for s, p in enumerate(points.presence):
-        if not p.size:
-            raise ValueError(f"species {names[s]} ({keys[s]}): no presence in {len(paths)} "
-                             "batches; leave it out of sdm.sets")  # fmt: skip
+    absent = [names[s] for s, p in enumerate(points.presence)
+              if not p.size or not points.background[s][0].size]  # fmt: skip
+    if len(absent) == len(keys):
+        raise ValueError(f"sdm: no species of the set has a presence and a background "
+                         f"(its class recorded where it was not) in {len(paths)} batches "
+                         f"({list(names)})")  # fmt: skip
+    if absent:  # nothing to fit without both classes: said and recorded
+        log.warning("left out (no presence, or no background, in %d batches): %s", len(paths),
+                    absent)  # fmt: skip
+        here = [s for s, n in enumerate(names) if n not in absent]
+        keys, names = [keys[s] for s in here], [names[s] for s in here]
+        points.presence = [points.presence[s] for s in here]
+        points.background = [points.background[s] for s in here]
+        points.candidates = [points.candidates[s] for s in here]
     uses_model = model is not None and ("bfm" in settings.methods or settings.lora)
     ex = extract(paths, points, model if uses_model else None, levels=settings.levels)
     points, ex, report = clean(points, ex)
@@ -785,6 +800,7 @@ def finetune(model: BFM | None, paths: Sequence[Path], keys: Sequence[int],
             heads.lora, heads.lora_head, heads.rank = lora_state(tuned), lhead, settings.lora_rank
         save_heads(heads, out / "heads.pt")
     report.update({"species": list(names), "keys": list(map(int, keys)),
+                   "species_left_out": absent,
                    "autocorrelation_range_deg": range_deg, "block_size_deg": block,
                    "settings": settings.__dict__, "seconds": round(time.monotonic() - started, 1),
                    "background_candidates": points.candidates})  # fmt: skip

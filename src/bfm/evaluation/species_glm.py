@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bfm.cliutil import add_command
+from bfm.cliutil import add_command, add_config_argument
 from bfm.contracts.batch import Batch, read_batch
 from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.layout import Layout
@@ -176,12 +176,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cell-steps drawn for the fit (default 200000)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
     p.add_argument("--out", required=True, metavar="PATH", help="the .joblib file to write")
+    add_config_argument(p, required=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bfm.workflow import load_plan
+
     if args.max_rows < 1:
         raise ValueError(f"--max-rows {args.max_rows} must be >= 1")
+    load_plan(args.config)  # a plugin's groups are known once its module is loaded
     layout = Layout.from_batch(read_batch(sorted(args.batches)[0]))  # every group of the study
     save(fit(args.batches, layout, max_rows=args.max_rows, seed=args.seed), args.out)
     return 0

@@ -191,7 +191,8 @@ def forecast_rows(ds: Any, path: str | Path, batches: Sequence[str | Path]) -> l
     truths = {}
     for i in steps:
         valid = pd.Timestamp(ds["time"].values[i])
-        batch = read_batch(truth_batch(batches, valid))
+        # only the groups drawn: a plugin's group in the batch needs no module here
+        batch = read_batch(truth_batch(batches, valid), only=tuple({g for g, *_ in fields}))
         if not grid.matches(batch.grid.latitudes, batch.grid.longitudes):
             raise ValueError(f"{batch.source}: grid {batch.grid} is not the grid of the "
                              f"forecast {path}")  # fmt: skip

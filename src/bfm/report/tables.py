@@ -201,8 +201,9 @@ def sdm_intro(rows: list[dict[str, Any]]) -> str:
     return f"""<p>Species distribution models of each species, scored at its presence and
 background points under cross-validation: <b>BFM</b>, a suitability head on the frozen
 pre-trained model's cell features (its input without the species group); <b>BFM + LoRA</b>,
-the same with low-rank adapters in the backbone; <b>GLM</b>, logistic regression on the environmental covariates; <b>MaxEnt</b>,
-maximum entropy (elapid). Each cell: the mean &plusmn; standard deviation over
+the same with low-rank adapters in the backbone;
+<b>GLM</b>, logistic regression on the environmental covariates; <b>MaxEnt</b>, maximum
+entropy (elapid). Each cell: the mean &plusmn; standard deviation over
 {_values(rows, "replicates")} replicates of {_values(rows, "folds")}-fold cross-validation.
 <b>Spatial block CV</b> deals square blocks of {_values(spatial, "block_size_deg")} degrees to the
 folds (a test point's neighbours are not trained on); <b>random CV</b> deals points at random.

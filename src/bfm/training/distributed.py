@@ -9,8 +9,9 @@ for the SLURM host list and a free port) and tries, in order:
    SLURM_JOB_NODELIST (``scontrol show hostnames``; the nodelist itself when it names one
    host) and MASTER_PORT is derived from SLURM_JOB_ID, so every task agrees without talking;
 3. Open MPI (OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK) or PMI (PMI_RANK/PMI_SIZE, MPICH/Intel MPI);
-   the master is 127.0.0.1:29500 unless MASTER_ADDR/MASTER_PORT say otherwise (multi-node MPI
-   runs must set MASTER_ADDR);
+   the master is 127.0.0.1 and the port derived from the job's PMIx namespace (29500 without
+   one) unless MASTER_ADDR/MASTER_PORT say otherwise (multi-node MPI runs must set
+   MASTER_ADDR);
 4. a single process: rank 0 of 1 on 127.0.0.1 and a free port.
 
 An explicit MASTER_ADDR / MASTER_PORT in the environment always wins. ``init_distributed``
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import zlib
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 
@@ -111,6 +113,16 @@ def _master(
     )
 
 
+def _job_port(env: Mapping[str, str]) -> int:
+    """The port of an mpirun job: from the job's PMIx namespace, which every rank of one
+    mpirun shares and two mpiruns on one machine do not (two training jobs side by side, say
+    a model and its ablation, would otherwise both take 29500); DEFAULT_PORT without one."""
+    namespace = env.get("PMIX_NAMESPACE") or env.get("OMPI_MCA_ess_base_jobid")
+    if not namespace:
+        return DEFAULT_PORT
+    return SLURM_PORT_BASE + zlib.crc32(namespace.encode()) % SLURM_PORT_SPAN
+
+
 def _slurm(env: Mapping[str, str], hostnames: Callable[[str], list[str]]) -> DistEnv:
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST", "")
     job = _int(env, "SLURM_JOB_ID", 0)
@@ -146,7 +158,7 @@ def discover(
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         return _slurm(env, hostnames)
     if "OMPI_COMM_WORLD_RANK" in env:
-        addr, port = _master(env)
+        addr, port = _master(env, port=lambda: _job_port(env))
         return DistEnv(
             _int(env, "OMPI_COMM_WORLD_RANK"),
             _int(env, "OMPI_COMM_WORLD_SIZE"),
