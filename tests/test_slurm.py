@@ -66,7 +66,14 @@ DEMO = yaml.safe_load((ROOT / "config/config.yaml").read_text())
 # Fewer steps than the demo: the test is about the path through SLURM (jobs, ranks,
 # checkpoints, identical scores), and two 2-rank runs of the demo's 400 steps are too slow here.
 STEPS = 120
-CONFIG = {**DEMO, "train": {**DEMO["train"], "steps": STEPS, "checkpoint_every": STEPS // 2}}
+# Nor the demo's ablations (more trainings of the same path) or MaxEnt and the BFM head in the
+# SDM (the GLM alone takes the finetune job through SLURM).
+CONFIG = {
+    **DEMO,
+    "train": {**DEMO["train"], "steps": STEPS, "checkpoint_every": STEPS // 2},
+    "evaluation": {**DEMO["evaluation"], "ablations": []},
+    "sdm": {**DEMO["sdm"], "folds": 2, "methods": ["glm"]},
+}
 
 
 def _run(cmd: list[str], timeout: int, **kwargs) -> subprocess.CompletedProcess:

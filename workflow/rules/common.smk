@@ -69,8 +69,9 @@ def get_final_outputs():
         f"{item}/forecast_maps.png",
     ]
     if PLAN.has_species:
-        out += [f"{item}/suitability_maps.png"]
         out += [f"{item}/sdm_{s}.html" for s in sdm_sets()]
+    if sdm_heads():
+        out += [f"{item}/suitability_maps.png"]
     if ablation_runs():
         out.append(f"{item}/ablations.html")
     return out
@@ -149,9 +150,14 @@ def get_predict_batches(wildcards):
     return [PLAN.batch(t0) for t0 in PLAN.batch_names("eval")[:n]]
 
 
+def sdm_heads():
+    """The SDMs fit the BFM head (sdm.methods has bfm): heads.pt, suitability maps."""
+    return PLAN.has_species and "bfm" in config["sdm"]["methods"]
+
+
 def get_predict_heads(wildcards):
     """The SDM heads of the first species set (sdm.sets), for the suitability maps."""
-    return [f"results/sdm/{wildcards.run}/{sdm_sets()[0]}/heads.pt"] if PLAN.has_species else []
+    return [f"results/sdm/{wildcards.run}/{sdm_sets()[0]}/heads.pt"] if sdm_heads() else []
 
 
 def get_predict_options(wildcards, input):

@@ -12,8 +12,8 @@ rule finetune:
         batches=get_all_batches,
         species=PLAN.study.species,
     output:
+        **({"heads": "results/sdm/{run}/{set}/heads.pt"} if sdm_heads() else {}),
         metrics="results/sdm/{run}/{set}/metrics.jsonl",
-        heads="results/sdm/{run}/{set}/heads.pt",
         summary="results/sdm/{run}/{set}/summary.json",
     log:
         "logs/finetune/{run}/{set}.log",
@@ -45,5 +45,4 @@ rule species_glm:
     params:
         config=get_config_file,
     shell:
-        "bfm species-glm --batches {input} --config {params.config} --out {output}"
-        " > {log} 2>&1"
+        "bfm species-glm --batches {input} --config {params.config} --out {output}" " > {log} 2>&1"
