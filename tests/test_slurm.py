@@ -50,7 +50,7 @@ SLURMCTLD_PORT = 6817
 SNAKEMAKE_TIMEOUT = 900  # s, per snakemake call (the SLURM run takes ~6 min on 2 cores)
 RANKS = 2
 # The stand-in node, where it differs from a gpu_h100 / rome node (see the module docstring).
-STAND_IN_THREADS = {"train": 1, "evaluate": 2}
+STAND_IN_THREADS = {"train": 1, "evaluate": 2, "finetune": 2}
 STAND_IN_RESOURCES = {
     "train": {
         "tasks_per_node": RANKS,
@@ -60,6 +60,9 @@ STAND_IN_RESOURCES = {
     },
     "evaluate": {"mem_mb": 4000},
     "climatology": {"mem_mb": 4000},
+    "finetune": {"mem_mb": 4000},
+    "predict": {"mem_mb": 4000},
+    "species_glm": {"mem_mb": 4000},
 }
 PROVENANCE_KEYS = ("bfm_version", "git_commit", "config_hash")
 DEMO = yaml.safe_load((ROOT / "config/config.yaml").read_text())

@@ -49,7 +49,7 @@ def _polygons(geometry: Any) -> list[Any]:
 
 @functools.cache
 def _rings(path: str, size: int, mtime_ns: int) -> tuple[np.ndarray, ...]:
-    from bfm.sources.countries import read_features
+    from bfm.fileio import read_features
 
     rings = []
     for i, feature in enumerate(read_features(path)):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ from bfm import __version__
 from bfm.contracts import tile as contract
 from bfm.contracts.catalogue import Modality
 from bfm.contracts.grid import Grid
+from bfm.fileio import read_features
 from bfm.sources import tiling
 from bfm.sources.base import Study
 
@@ -90,18 +90,6 @@ def _stamp(path: str | Path) -> tuple[str, int, int]:
 def load(path: str | Path = BOUNDARIES) -> Countries:
     """The countries of a boundary GeoJSON (cached per file version)."""
     return _load(*_stamp(path))
-
-
-def read_features(path: str | Path) -> list[dict[str, Any]]:
-    """The features of a GeoJSON FeatureCollection file; ValueError naming the file if it is
-    not one."""
-    try:
-        collection = json.loads(Path(path).read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
-        raise ValueError(f"{path}: not a GeoJSON FeatureCollection")
-    return list(collection.get("features") or [])
 
 
 @functools.cache
