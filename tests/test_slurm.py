@@ -268,7 +268,9 @@ def test_jobs_went_through_sbatch_on_the_right_partitions(slurm_run):
     assert "gres/gpu=1" in rows[str(train)]["AllocTRES"], rows[str(train)]
     # Every job has its SLURM log, and far fewer jobs than rules ran (bundling works).
     n_rules = len(re.findall(r"^Finished jobid: \d+ \(Rule: \w+\)", slurm_run["log"], re.M))
-    assert n_rules >= 70 and len(jobs) <= 10, (n_rules, len(jobs))
+    # 12 here: prep, batches, stats, climatology, train, evaluate, species_glm, finetune,
+    # predict and the report items in groups of 2, for about 125 rules.
+    assert n_rules >= 70 and len(jobs) <= 14, (n_rules, len(jobs))
 
 
 def test_sbatch_lines_follow_the_profile(slurm_run):
