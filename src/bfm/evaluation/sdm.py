@@ -262,6 +262,21 @@ def covariate_channels(layout: Layout, levels: Sequence[float]) -> list[tuple[st
     return out
 
 
+def categorical_columns(layout: Layout, chans: Sequence[tuple[str, int, str]]
+                        ) -> list[tuple[int, int]]:  # fmt: skip
+    """``(column, number of categories)`` of the categorical channels among ``chans``."""
+    cats = {g: dict(layout.categorical(g)) for g in layout.groups}
+    return [(n, cats[g][c]) for n, (g, c, _) in enumerate(chans) if c in cats[g]]
+
+
+def covariates_at_t1(batch: Batch, chans: Sequence[tuple[str, int, str]],
+                     layout: Layout) -> np.ndarray:  # fmt: skip
+    """``(F, H, W)``: the covariate channels at the batch's second time (static as they are)."""
+    stacked = {g: layout.stack(g, batch.groups[g]) for g in {g for g, _, _ in chans}}
+    return np.stack([stacked[g][c] if layout.kind(g) == DimsKind.STATIC else stacked[g][1, c]
+                     for g, c, _ in chans]).astype(np.float64)  # fmt: skip
+
+
 def masked_input(batch: Batch, layout: Layout, norm: Normaliser) -> ModelInput:
     """The model input of a batch with every species group masked as missing."""
     from bfm.training.data import to_sample
@@ -297,8 +312,7 @@ def extract(paths: Sequence[Path], points: Points, model: BFM | None,
     first = read(paths[0])
     layout = layout or Layout.from_batch(first)
     chans = covariate_channels(layout, levels)
-    cats = dict((g, dict(layout.categorical(g))) for g in layout.groups)
-    categorical = [(n, cats[g][c]) for n, (g, c, _) in enumerate(chans) if c in cats[g]]
+    categorical = categorical_columns(layout, chans)
     cov = np.full((len(points), len(chans)), np.nan)
     feats: np.ndarray | None = None
     sums = np.zeros((len(chans), *first.grid.shape))
@@ -308,9 +322,7 @@ def extract(paths: Sequence[Path], points: Points, model: BFM | None,
     for b, path in enumerate(tqdm(paths, desc="covariates", unit="batch", leave=False)):
         batch = first if b == 0 else read(path)
         layout.check(batch)
-        stacked = {g: layout.stack(g, batch.groups[g]) for g in {g for g, _, _ in chans}}
-        fields = np.stack([stacked[g][c] if layout.kind(g) == DimsKind.STATIC else stacked[g][1, c]
-                           for g, c, _ in chans]).astype(np.float64)  # fmt: skip
+        fields = covariates_at_t1(batch, chans, layout)
         ok = np.isfinite(fields)
         sums += np.where(ok, fields, 0.0)
         counts += ok

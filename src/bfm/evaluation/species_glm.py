@@ -31,19 +31,10 @@ import numpy as np
 
 from bfm.cliutil import add_command, add_config_argument
 from bfm.contracts.batch import Batch, read_batch
-from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.layout import Layout
 from bfm.fileio import atomic_path
 
 log = logging.getLogger("bfm.species_glm")
-
-
-def covariates_at_t1(batch: Batch, chans: Sequence[tuple[str, int, str]],
-                     layout: Layout) -> np.ndarray:  # fmt: skip
-    """``(F, H, W)``: the covariate channels at the batch's second time (static as they are)."""
-    stacked = {g: layout.stack(g, batch.groups[g]) for g in {g for g, _, _ in chans}}
-    return np.stack([stacked[g][c] if layout.kind(g) == DimsKind.STATIC else stacked[g][1, c]
-                     for g, c, _ in chans]).astype(np.float64)  # fmt: skip
 
 
 @dataclass
@@ -60,7 +51,7 @@ class SpeciesGLM:
     def predict(self, batch: Batch) -> dict[str, np.ndarray]:
         """Expected counts ``(C_g, H, W)`` per group with count channels (non-count channels:
         NaN)."""
-        from bfm.evaluation.sdm import covariate_channels
+        from bfm.evaluation.sdm import covariate_channels, covariates_at_t1
 
         chans = covariate_channels(self.layout, self.levels)
         x = covariates_at_t1(batch, chans, self.layout)
@@ -81,7 +72,12 @@ def fit(paths: Sequence[str | Path], layout: Layout, levels: Sequence[float] = (
     """Poisson GLMs of every count channel on the training pairs of ``paths``."""
     from sklearn.linear_model import PoissonRegressor
 
-    from bfm.evaluation.sdm import covariate_channels, glm_pipeline
+    from bfm.evaluation.sdm import (
+        categorical_columns,
+        covariate_channels,
+        covariates_at_t1,
+        glm_pipeline,
+    )
     from bfm.training.data import pair_batches
 
     pairs = pair_batches(list(paths))
@@ -89,8 +85,7 @@ def fit(paths: Sequence[str | Path], layout: Layout, levels: Sequence[float] = (
         raise ValueError(f"--batches: no consecutive pair among {len(paths)} batch files")
     chans = covariate_channels(layout, levels)
     labels = [lab for _, _, lab in chans]
-    cats = {g: dict(layout.categorical(g)) for g in layout.groups}
-    categorical = [(n, cats[g][c]) for n, (g, c, _) in enumerate(chans) if c in cats[g]]
+    categorical = categorical_columns(layout, chans)
     groups = [g for g in layout.dynamic if layout.count_channels(g).any()]
     rng = np.random.default_rng(seed)
     xs: list[np.ndarray] = []
