@@ -251,7 +251,7 @@ def accumulate(model: BFM, runs: list[list[Path]], leads: int, climatology: Clim
             window = [read(p) for p in run_paths[k : k + leads + 1]]
             weights = lat_weights(window[0].grid.latitudes)
             persistence = physical(window[0], window[1], layout)[0]
-            counts_glm = glm.predict(window[1]) if glm is not None else {}
+            counts_glm = glm.predict(window[0]) if glm is not None else {}
             for lead, preds in forecasts_of(model, window, leads, members, noise):
                 pred, truth = preds[0], window[lead]
                 when = pd.Timestamp(truth.times[1])
