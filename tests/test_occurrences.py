@@ -20,7 +20,7 @@ from bfm.contracts import catalogue
 from bfm.contracts.occurrence import read_quarantine
 from bfm.sources import gbif, gbif_dwca, inaturalist
 from bfm.sources.base import Study
-from bfm.sources.occurrences import combine, combine_effort, read_records
+from bfm.sources.occurrences import combine, combine_effort, read_records, records_in
 from bfm.testing import ROOT, demo_config
 
 LYNX = 2435240  # tests/species.csv
@@ -119,7 +119,12 @@ def test_every_bad_gbif_row_is_dropped_and_counted_by_reason(tmp_path, study_con
     month = kept.set_index("record_id").loc["gbif:1015"]
     assert month["precision"] == "month" and month["start"] == pd.Timestamp("2010-01-01")
     assert month["end"] == pd.Timestamp("2010-02-01")  # the month, not its first day
-    assert table["start"].is_monotonic_increasing  # a month's tile reads only its rows
+    # stored by period: a month's tile reads only the rows that overlap it
+    t0, t1 = pd.Timestamp("2010-02-01"), pd.Timestamp("2010-03-01")
+    february = records_in(out, t0, t1)
+    overlapping = table[(table["start"] < t1) & (table["end"] >= t0)]
+    assert february.rows_read == len(overlapping) == len(february.table) > 0
+    assert february.table["start"].is_monotonic_increasing
 
 
 def test_a_gbif_republication_of_an_inaturalist_observation_counts_once(

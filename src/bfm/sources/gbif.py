@@ -17,7 +17,7 @@ import csv
 import datetime as dt
 import io
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,7 @@ COUNTRY_BOXES = (
     ("ES", 36.0, 43.8, -9.3, 3.3),
 )  # fmt: skip
 RATE_PER_KM2_DAY = 2e-5  # records per km2 of land and day at a species' optimum (x 0.6..1.6)
+CHUNK_ROWS = 500_000  # records read at a time where a download is streamed
 
 
 @dataclass(frozen=True)
@@ -130,14 +131,23 @@ def sample_records(
     species: pd.DataFrame, start: str, end: str, grid: Grid, seed: int, climate_seed: int
 ) -> pd.DataFrame:
     """Occurrence records (one row per record, raw values) for every species, day by day."""
+    months = sample_record_months(species, start, end, grid, seed, climate_seed)
+    return pd.concat(list(months), ignore_index=True)
+
+
+def sample_record_months(
+    species: pd.DataFrame, start: str, end: str, grid: Grid, seed: int, climate_seed: int
+) -> Iterator[pd.DataFrame]:
+    """:func:`sample_records` one month at a time (each sorted by date and species key):
+    only one month of records is ever in memory."""
     climate = Climate.from_seed(climate_seed)
     surf = climate.surface(grid.latitudes, grid.longitudes)
     area_km2 = grid.cell_areas() / 1e6
     keys = [int(k) for k in species["gbif_key"]]
     niche = niches(keys, seed)
     rng = np.random.default_rng([seed, 1])
-    parts = []
     for days in _month_chunks(pd.Timestamp(start), pd.Timestamp(end)):
+        parts = []
         t2m = daily_mean_t2m(climate, days, grid)
         for key in keys:
             lam = intensity(niche[key], t2m, surf.orography, surf.lsm, area_km2)
@@ -159,8 +169,9 @@ def sample_records(
                     }
                 )
             )
-    records = pd.concat(parts, ignore_index=True)
-    return records.sort_values(["date", "speciesKey"], kind="stable", ignore_index=True)
+        records = pd.concat(parts, ignore_index=True)
+        parts.clear()  # while the month is written, only its sorted records are held
+        yield records.sort_values(["date", "speciesKey"], kind="stable", ignore_index=True)
 
 
 def _country(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
@@ -205,13 +216,14 @@ def _where_when_columns(records: pd.DataFrame, rng: np.random.Generator) -> dict
     }
 
 
-def _record_columns(n: int, seed: int, rng: np.random.Generator) -> dict:
+def _record_columns(n: int, seed: int, rng: np.random.Generator, first: int = 0) -> dict:
     key = download_key(seed)
-    ids = (np.arange(n) + 4_000_000_000 + 1_000_000 * (seed % 1000)).astype(str)
+    index = np.arange(first, first + n)
+    ids = (index + 4_000_000_000 + 1_000_000 * (seed % 1000)).astype(str)
     return {
         "gbifID": ids,
         "datasetKey": f"50c9509d-22c7-4a22-a47d-8c48425ef4{seed % 100:02d}",
-        "occurrenceID": [f"urn:bfm:sample:{key}:{i}" for i in range(n)],
+        "occurrenceID": [f"urn:bfm:sample:{key}:{i}" for i in index],
         "occurrenceStatus": "PRESENT",
         "individualCount": "1",
         "publishingOrgKey": "28eb1a3f-1c15-4a95-931a-4af90ecb574d",
@@ -226,14 +238,18 @@ def _record_columns(n: int, seed: int, rng: np.random.Generator) -> dict:
     }
 
 
-def simple_csv_table(records: pd.DataFrame, species: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """The 50 SIMPLE_CSV columns, all as strings, for ``sample_records`` output."""
+def simple_csv_table(records: pd.DataFrame, species: pd.DataFrame, seed: int, part: int = 0,
+                     first: int = 0) -> pd.DataFrame:  # fmt: skip
+    """The 50 SIMPLE_CSV columns, all as strings, for ``sample_records`` output: part
+    ``part`` (a month) of the sample, whose first record is record ``first`` of the download
+    (the gbifIDs count on); the fields no reader uses (elevation, uncertainty, observer,
+    issue) are drawn from the part's own stream, so that parts are written one by one."""
     n = len(records)
-    rng = np.random.default_rng([seed, 2])
+    rng = np.random.default_rng([seed, 2, part])
     columns = dict.fromkeys(SIMPLE_CSV_COLUMNS, "")  # unknown fields stay blank, as in GBIF
     columns.update(_taxon_columns(records, species))
     columns.update(_where_when_columns(records, rng))
-    columns.update(_record_columns(n, seed, rng))
+    columns.update(_record_columns(n, seed, rng, first))
     return pd.DataFrame({c: columns[c] for c in SIMPLE_CSV_COLUMNS}, index=range(n))
 
 
@@ -270,16 +286,23 @@ def sample(
     if pd.Timestamp(end) < pd.Timestamp(start):
         raise ValueError(f"gbif: --end {end} is before --start {start}")
     climate_seed = seed if climate_seed is None else climate_seed
-    records = sample_records(species, start, end, grid, seed, climate_seed)
-    table = simple_csv_table(records, species, seed)
-    text = table.to_csv(sep="\t", index=False, quoting=csv.QUOTE_NONE, lineterminator="\n")
+    months = sample_record_months(species, start, end, grid, seed, climate_seed)
     key = download_key(seed)
     path = Path(path)
     info = zipfile.ZipInfo(f"{key}.csv", date_time=(2000 + int(key[8:10]), 1, 1, 0, 0, 0))
     info.compress_type = zipfile.ZIP_DEFLATED
-    # Fixed member time: same seed, same bytes.
+    # Fixed member time: same seed, same bytes. Written a month at a time (bounded memory).
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as zf:
-        zf.writestr(info, text)
+        with zf.open(info, "w", force_zip64=True) as f:
+            f.write(("\t".join(SIMPLE_CSV_COLUMNS) + "\n").encode())
+            first = 0
+            for part, records in enumerate(months):
+                table = simple_csv_table(records, species, seed, part, first)
+                text = table.to_csv(sep="\t", index=False, header=False,
+                                    quoting=csv.QUOTE_NONE, lineterminator="\n")  # fmt: skip
+                f.write(text.encode())
+                first += len(records)
+                del records, table, text  # not held while the next month is drawn
     manifest.write_manifest(
         path,
         source="gbif",
@@ -313,6 +336,22 @@ def _read_table(path: Path, all_columns: bool) -> tuple[pd.DataFrame, str]:
         table = pd.read_csv(io.TextIOWrapper(f, "utf-8"), **options)
     member = next(m for m in gbif_dwca.members(path) if m.endswith(".csv"))  # the one read
     return table, f"{path}:{member}"
+
+
+def _read_chunks(path: Path, rows: int) -> Iterator[tuple[pd.DataFrame, str]]:
+    """:func:`_read_table` (kept columns) ``rows`` rows at a time."""
+    options = dict(sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False,
+                   usecols=lambda c: c in KEPT_COLUMNS, chunksize=rows)  # fmt: skip
+    if not zipfile.is_zipfile(path):
+        with pd.read_csv(path, **options) as reader:
+            yield from ((chunk, str(path)) for chunk in reader)
+        return
+    from bfm.sources import gbif_dwca  # members checked: no traversal, no zip bomb
+
+    member = next(m for m in gbif_dwca.members(path) if m.endswith(".csv"))
+    with gbif_dwca.open_zip_member(path, ".csv") as f:
+        with pd.read_csv(io.TextIOWrapper(f, "utf-8"), **options) as reader:
+            yield from ((chunk, f"{path}:{member}") for chunk in reader)
 
 
 def open(path: str | Path, all_columns: bool = False) -> pd.DataFrame:
@@ -369,17 +408,32 @@ def records(path: str | Path, species: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
     binomial), else ``scientificName``; a non-numeric coordinate is missing (NaN), a date is
     read at its real precision (``contract.parse_dates``).
     """
-    from bfm.sources import gbif_dwca
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such GBIF download")
     raw, where = _read_table(path, all_columns=False)
+    q = Quarantine(where)
+    q.saw(len(raw))
+    return _record_table(raw, where, species), contract.empty_media(), q
+
+
+def record_chunks(path: str | Path, species: pd.DataFrame, rows: int = CHUNK_ROWS
+                  ) -> Iterator[pd.DataFrame]:  # fmt: skip
+    """:func:`records`' table ``rows`` records at a time, reading the download as it goes
+    (one chunk in memory)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such GBIF download")
+    for raw, where in _read_chunks(path, rows):
+        yield _record_table(raw, where, species)
+
+
+def _record_table(raw: pd.DataFrame, where: str, species: pd.DataFrame) -> pd.DataFrame:
+    from bfm.sources import gbif_dwca
+
     missing = [c for c in REQUIRED_COLUMNS + ("gbifID",) if c not in raw.columns]
     if missing:
         raise ValueError(f"{where}: missing column(s) {missing} (a SIMPLE_CSV download has them)")
-    q = Quarantine(where)
-    q.saw(len(raw))
 
     def column(name: str) -> pd.Series:
         return raw[name] if name in raw.columns else pd.Series("", index=raw.index, dtype=str)
@@ -400,7 +454,7 @@ def records(path: str | Path, species: pd.DataFrame) -> tuple[pd.DataFrame, pd.D
         "status": column("occurrenceStatus").str.upper().replace("", "PRESENT"),
         "licence": column("license"),
     })  # fmt: skip
-    return contract.conform(table, where), contract.empty_media(), q
+    return contract.conform(table, where)
 
 
 RAW_NAME = "occurrences.zip"
@@ -488,8 +542,8 @@ class GBIF(OccurrenceSource):
             return gbif_media.sample_media(out, read_species(study.species), seed)
         if name == gbif_effort.EFFORT_NAME:
             species = read_species(study.species)
-            table = records(self.raw_file(RAW_NAME, study), species)[0]
-            return gbif_effort.sample(out, table, species, study.grid, study.start, study.end,
+            chunks = record_chunks(self.raw_file(RAW_NAME, study), species)
+            return gbif_effort.sample(out, chunks, species, study.grid, study.start, study.end,
                                       seed)  # fmt: skip
         return sample(
             out,

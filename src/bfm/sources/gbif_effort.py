@@ -47,7 +47,7 @@ import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,12 +249,14 @@ def _bad_rows(cls: int, day: pd.Timestamp, grid: Grid) -> str:
     return "".join("\t".join(map(str, r)) + "\n" for r in rows)
 
 
-def sample(out: str | Path, records: pd.DataFrame, species: pd.DataFrame, grid: Grid,
-           start: str, end: str, seed: int = 0) -> Path:  # fmt: skip
+def sample(out: str | Path, records: pd.DataFrame | Iterable[pd.DataFrame],
+           species: pd.DataFrame, grid: Grid, start: str, end: str, seed: int = 0
+           ) -> Path:  # fmt: skip
     """A deterministic SQL_TSV_ZIP effort cube and its manifest (module docstring).
 
     Effort per class = its study records (``records``: the contract record table of the
-    sample's study species) per day and cell + Poisson background records of the class's
+    sample's study species, or its chunks: only their (class, day, cell) are kept) per day
+    and cell + Poisson background records of the class's
     other species under a seeded observer field and day factor; plus rows of one class no
     study species belongs to, and the bad rows of :func:`_bad_rows`.
     """
@@ -266,7 +268,10 @@ def sample(out: str | Path, records: pd.DataFrame, species: pd.DataFrame, grid: 
     extra = next((k for k in EXTRA_CLASSES if k not in study_keys), max(study_keys) + 1)
     rng = np.random.default_rng([seed, 21])
     field, factor = observer_field(grid, rng), _day_factor(days, rng)
-    cells = _study_cells(records, classes, grid, days)
+    chunks = [records] if isinstance(records, pd.DataFrame) else records
+    found = [_study_cells(chunk, classes, grid, days) for chunk in chunks]
+    cells = pd.concat(found, ignore_index=True) if found else _study_cells(
+        contract.empty(), classes, grid, days)  # fmt: skip
     base = field * grid.cell_areas() / 1e6 * RATE_PER_KM2_DAY
     rngs = {c: np.random.default_rng([seed, 22, c]) for c in [*study_keys, extra]}
     rates = {c: r.uniform(0.3, 1.5) for c, r in rngs.items()}
@@ -430,6 +435,32 @@ def effort_counts(effort: pd.DataFrame, class_keys: Sequence[int], times: pd.Dat
                                              "spread")  # fmt: skip
     cls = keys.get_indexer(t["class_key"].to_numpy()[rec])
     flat = ((step * len(keys) + cls) * grid.n_lat + row[rec]) * grid.n_lon + col[rec]
-    size = len(times) * len(keys) * grid.n_lat * grid.n_lon
-    counts = np.bincount(flat, weights=t["n"].to_numpy(np.float64)[rec] * weight, minlength=size)
-    return counts.reshape(len(times), len(keys), *grid.shape).astype(np.float32)
+    weights = t["n"].to_numpy(np.float64)[rec] * weight
+    return sums_at(flat, weights, (len(times), len(keys), *grid.shape))
+
+
+def sums_at(flat: np.ndarray, weights: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 array of ``shape`` with the sum of ``weights`` at each flat index: the values
+    of ``np.bincount(flat, weights).astype(float32)`` (summed in float64, in input order),
+    without its dense float64 array (1 GB for a month of 21 species at 6 h and 0.25 deg):
+    the float64 sums are kept per distinct index only."""
+    cells, inverse = np.unique(flat, return_inverse=True)
+    sums = np.bincount(inverse.ravel(), weights=weights, minlength=len(cells))
+    out = np.zeros(int(np.prod(shape)), np.float32)
+    out[cells] = sums.astype(np.float32)
+    return out.reshape(shape)
+
+
+def per_species(per_class: np.ndarray, class_of_species: Sequence[int]) -> np.ndarray:
+    """``per_class[:, class_of_species]`` (steps, species, ...) built from the nonzeros of
+    each class (measured: 0.46 GiB less peak than the fancy index at 6 h and 0.25 deg)."""
+    steps, n_classes = per_class.shape[:2]
+    flat = per_class.reshape(steps, n_classes, -1)
+    out = np.zeros((steps, len(class_of_species), flat.shape[2]), np.float32)
+    wanted = np.asarray(class_of_species)
+    for k in sorted({int(c) for c in class_of_species}):
+        t, cell = np.nonzero(flat[:, k])
+        values = flat[t, k, cell]
+        for s in np.flatnonzero(wanted == k):
+            out[t, s, cell] = values
+    return out.reshape(steps, len(class_of_species), *per_class.shape[2:])

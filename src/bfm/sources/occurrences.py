@@ -12,7 +12,9 @@ or ``file``) and reads it into the record table of the occurrence contract
    the window are set aside, and a record republished by several sources (GBIF carries
    iNaturalist and Xeno-canto) is kept once, from its original source. Every record dropped
    is counted by reason in ``records.parquet.quarantine.json`` (in total and per member). The
-   table is sorted by ``start`` so that a month's tile reads only its own rows.
+   table is stored by period (``bfm.sources.occurrence_store``: row groups of one pair of
+   start and end months, sorted by ``start`` and ``record_id`` within) so that a month's
+   tile reads only the rows that overlap it, and gets them in ``(start, record_id)`` order.
 2. **Tile** (``species_occurrence``, per month): records per species, cell and step. A record
    whose date is coarser than the step (a date-only record at a 6-hourly step, a month at a
    daily step) is, by option ``date_precision``: ``exclude`` (default: it counts in no step;
@@ -38,6 +40,7 @@ source), ``max_uncertainty_m`` (default 10000; ``null`` keeps every uncertainty)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -51,6 +54,7 @@ from bfm.contracts import timeaxis
 from bfm.contracts.catalogue import Modality
 from bfm.contracts.occurrence import Quarantine, Reason
 from bfm.fileio import atomic_path
+from bfm.sources import occurrence_store
 from bfm.sources.base import Source, Study, register
 from bfm.sources.occurrence_base import OccurrenceSource
 from bfm.species_list import read_species
@@ -62,6 +66,8 @@ NAME = "occurrences"
 RAW_NAME = "records.parquet"
 EFFORT_NAME = "effort.parquet"
 EFFORT_COLUMNS = ("class_key", "time", "row", "col", "n")
+RECORD_ORDER = ["start", "record_id"]  # the order of the records a tile reads
+EFFORT_ORDER = ["time", "class_key"]
 # Drops of media, not of records (a record keeps its place without its barcode or photo).
 MEDIA_REASONS = frozenset(
     r.value
@@ -118,8 +124,8 @@ def window(study: Study) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 
 def combine(study: Study, out: Path) -> Path:
-    """Clean, set aside and de-duplicate the members' records into ``out`` (parquet) and
-    ``<out>.quarantine.json``; the table is sorted by ``start``."""
+    """Clean, set aside and de-duplicate the members' records into ``out`` (parquet, stored
+    by period) and ``<out>.quarantine.json``."""
     opts = options(study)
     total = Quarantine(str(out))
     per_source: dict[str, dict[str, Any]] = {}
@@ -146,7 +152,7 @@ def combine(study: Study, out: Path) -> Path:
     for name in per_source:  # a republication kept once counts as a duplicate of its source
         per_source[name]["kept"] = int((both["source"] == name).sum())
     with atomic_path(out) as tmp:
-        both.to_parquet(tmp, index=False, row_group_size=100_000)
+        occurrence_store.write_by_period([both], tmp, "start", "end", RECORD_ORDER)
     total.write(out, kept=len(both), extra={"sources": per_source, "options": opts})
     return out
 
@@ -164,7 +170,8 @@ def effort_origin(study: Study) -> tuple[str, str]:
 
 def combine_effort(study: Study, out: Path) -> Path:
     """The sampling effort over the window: records per class key, day and cell (columns
-    :data:`EFFORT_COLUMNS`, sorted by ``time``) into ``out`` and its quarantine report."""
+    :data:`EFFORT_COLUMNS`, sorted by ``time`` and ``class_key``, row groups of one month)
+    into ``out`` and its quarantine report."""
     from bfm.sources import gbif_effort
 
     kind, path = effort_origin(study)
@@ -179,7 +186,7 @@ def combine_effort(study: Study, out: Path) -> Path:
     table = table[list(EFFORT_COLUMNS)].sort_values(["time", "class_key"], kind="stable",
                                                      ignore_index=True)  # fmt: skip
     with atomic_path(out) as tmp:
-        table.to_parquet(tmp, index=False, row_group_size=100_000)
+        occurrence_store.write_by_period([table], tmp, "time", "time", EFFORT_ORDER)
     q.write(out, kept=len(table), extra={"origin": origin, "records": float(table["n"].sum())})
     return out
 
@@ -206,34 +213,45 @@ def effort_of_records(path: str | Path, study: Study) -> tuple[pd.DataFrame, Qua
     return grouped, q
 
 
-def read_records(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> pd.DataFrame:
-    """The records of ``path`` whose interval overlaps ``[t0, t1)`` (row groups pruned)."""
-    import pyarrow.parquet as pq
-
+def records_in(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp
+               ) -> occurrence_store.Rows:  # fmt: skip
+    """The records of ``path`` whose interval overlaps ``[t0, t1)`` (``start < t1``,
+    ``end >= t0``), in ``(start, record_id)`` order, reading only the row groups that may
+    hold them; with the rows read (``occurrence_store.read_overlapping``)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such occurrence table (rule combine writes it)")
-    filters = [("start", "<", t1), ("end", ">=", t0)]
-    table = pq.read_table(path, filters=filters).to_pandas()
+    found = occurrence_store.read_overlapping(path, "start", "end", t0, t1)
+    table = found.table
     missing = [c for c in contract.COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: not an occurrence table: lacks column(s) {missing}")
-    return contract.conform(table, str(path))
+    table = table.sort_values(RECORD_ORDER, kind="stable", ignore_index=True)
+    return replace(found, table=contract.conform(table, str(path)))
 
 
-def read_effort(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> pd.DataFrame:
-    """The effort rows of ``path`` with days in ``[t0, t1)`` (row groups pruned)."""
-    import pyarrow.parquet as pq
+def read_records(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> pd.DataFrame:
+    """The records of ``path`` whose interval overlaps ``[t0, t1)`` (:func:`records_in`)."""
+    return records_in(path, t0, t1).table
 
+
+def effort_in(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> occurrence_store.Rows:
+    """The effort rows of ``path`` with days in ``[t0, t1)``, in file order, reading only
+    the row groups that may hold them; with the rows read."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such effort table (rule combine writes it)")
     start = pd.Timestamp(t0).floor("D")  # a day that began before t0 overlaps it
-    table = pq.read_table(path, filters=[("time", ">=", start), ("time", "<", t1)]).to_pandas()
-    missing = [c for c in EFFORT_COLUMNS if c not in table.columns]
+    found = occurrence_store.read_overlapping(path, "time", "time", start, t1)
+    missing = [c for c in EFFORT_COLUMNS if c not in found.table.columns]
     if missing:
         raise ValueError(f"{path}: not an effort table: lacks column(s) {missing}")
-    return table
+    return found
+
+
+def read_effort(path: str | Path, t0: pd.Timestamp, t1: pd.Timestamp) -> pd.DataFrame:
+    """The effort rows of ``path`` with days in ``[t0, t1)`` (:func:`effort_in`)."""
+    return effort_in(path, t0, t1).table
 
 
 class Occurrences(Source):
@@ -324,9 +342,7 @@ class Occurrences(Source):
         row, col = grid.index_of(lat, lon)
         row, col = np.clip(row, 0, grid.n_lat - 1), np.clip(col, 0, grid.n_lon - 1)
         flat = ((step * len(keys) + sp) * grid.n_lat + row) * grid.n_lon + col
-        size = len(times) * len(keys) * grid.n_lat * grid.n_lon
-        counts = np.bincount(flat, weights=weight, minlength=size)
-        counts = counts.reshape(len(times), len(keys), *grid.shape).astype(np.float32)
+        counts = gbif_effort.sums_at(flat, weight, (len(times), len(keys), *grid.shape))
         classes = gbif_effort.species_classes(species)
         class_keys = sorted(set(classes.values()))
         rows = effort if effort is not None else pd.DataFrame(columns=list(EFFORT_COLUMNS))
@@ -336,7 +352,7 @@ class Occurrences(Source):
         ds = xr.Dataset(
             {
                 "occurrence": (dims, counts),
-                "effort": (dims, per_class[:, of_species]),
+                "effort": (dims, gbif_effort.per_species(per_class, of_species)),
                 "cell_area": (
                     dims[2:],
                     grid.cell_areas().astype(np.float32),
