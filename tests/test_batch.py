@@ -43,7 +43,7 @@ def test_file_is_chunked_compressed_and_opens_with_xarray(small_grid, tmp_path):
         dset = f["atmospheric/t"]
         assert dset.dtype == np.float32
         assert dset.chunks == (1, 1, *small_grid.shape)
-        assert dset.compression == "gzip"
+        assert "32001" in dset._filters and dset.fletcher32  # Blosc (hdf5plugin) + checksum
     ds = xr.open_dataset(path, engine="h5netcdf", group="atmospheric")
     assert ds["t"].dims == ("time", "level", "latitude", "longitude")
     assert list(ds["level"].values[:2]) == [50, 100]
@@ -172,3 +172,27 @@ def test_only_the_groups_asked_for_are_read(tmp_path: Path) -> None:
     batch = read_batch(path, only=("surface", "atmospheric"))
     assert set(batch.groups) == {"surface", "atmospheric"}
     assert batch.groups["surface"]["t2m"].shape[0] == 2
+
+
+def test_a_job_started_after_netcdf4_writes_and_reads_batches(tmp_path):
+    """Snakemake imports netCDF4 (which sets HDF5_PLUGIN_PATH to its own plugins) and its jobs
+    inherit the variable: a batch must still be written and read with our Blosc filter."""
+    import os
+    import subprocess
+    import sys
+
+    import netCDF4
+
+    plugins = Path(netCDF4.__file__).parent / "plugins"
+    code = (
+        "from bfm.contracts.batch import read_batch, write_batch\n"
+        "from bfm.testing import PROVENANCE, mock_batch\n"
+        "import pandas as pd, sys\n"
+        "b = mock_batch(pd.Timestamp('2010-01-01'))\n"
+        "write_batch(b, sys.argv[1], PROVENANCE)\n"
+        "assert read_batch(sys.argv[1]).times == b.times\n"
+    )
+    env = {**os.environ, "HDF5_PLUGIN_PATH": str(plugins)}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.h5")], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]

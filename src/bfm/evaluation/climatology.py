@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+import bfm.contracts.batch  # noqa: F401  (registers the batches' Blosc filter with h5py)
 from bfm.cliutil import add_command, add_config_argument
 from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.grid import Grid

@@ -8,26 +8,42 @@ Channels follow ``bfm.contracts.layout.Layout``; values are normalised per varia
 channel with the statistics (``Normaliser``); NaN (missing) inputs become 0 (the mean) after
 normalising, and the target keeps a mask of its finite values so that the loss ignores the
 missing ones. Samples are ``bfm.contracts.sample.Sample`` records.
+
+Reading: a pair reads each of its two files once, and only what the sample needs: the
+input's layout groups at both times, the target's dynamic groups at its second time
+(``read_batch(only=..., time=1)``), never its static fields or first time.
+
+Feeding the model (``MicroBatches``): ``bfm train`` takes micro-batches from a
+``torch.utils.data.DataLoader`` whose worker processes (``train.loader_workers``, 0 = in the
+training process) read, normalise and collate them ahead of the step that needs them
+(``train.prefetch`` micro-batches per worker), into pinned memory on CUDA; so reading
+overlaps the model's compute. Micro-batch ``k`` of a rank holds the samples
+``bfm.training.engine.sample_indices(n, k * world + rank, micro, seed)``, the order of a
+single process reading in the step (resumed runs start at the checkpoint's micro-batch), and
+the loader hands them over in that order whatever the number of workers.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from bfm.contracts.batch import Batch, read_batch
+from bfm.contracts.batch import Batch, batch_attrs, read_batch
+from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.layout import Layout, Normaliser
 from bfm.contracts.sample import ModelInput, Sample
 from bfm.contracts.stats import Stats
-from bfm.contracts.timeaxis import parse_t0
+from bfm.training.engine import sample_indices
+
+DEFAULT_WORKERS = 2  # train.loader_workers
+DEFAULT_PREFETCH = 2  # train.prefetch: micro-batches each worker reads ahead
 
 
 @dataclass(frozen=True)
@@ -36,21 +52,6 @@ class Pair:
 
     input: Path
     target: Path
-
-
-def batch_attrs(path: str | Path) -> tuple[tuple[pd.Timestamp, pd.Timestamp], str]:
-    """The two times and the settings_hash of a batch file, from its attributes (no data)."""
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            raw, settings = f.attrs["times"], f.attrs.get("settings_hash", "")
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        t0, t1 = (pd.Timestamp(t) for t in json.loads(text))
-    except (OSError, KeyError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: cannot read the batch attribute 'times' ({err})") from err
-    if parse_t0(path.stem) != t0:
-        raise ValueError(f"{path}: file name says t0={parse_t0(path.stem)}, attribute says {t0}")
-    return (t0, t1), settings.decode() if isinstance(settings, bytes) else str(settings)
 
 
 def check_settings(paths: list[Path], settings: dict[Path, str], expected: str | None) -> None:
@@ -87,37 +88,61 @@ def time_features(t: pd.Timestamp) -> np.ndarray:
     return np.array([t.dayofyear, t.hour + t.minute / 60.0], dtype=np.float32)
 
 
-def model_inputs(x: Batch, layout: Layout, norm: Normaliser) -> tuple[dict, dict]:
-    """Normalised inputs (NaN -> 0; a missing category -> its own code) and their masks."""
+def normalise_in_place(norm: Normaliser, group: str, values: np.ndarray,
+                       keep: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """``norm.normalise(group, values)`` bit for bit, written into ``values`` (float32, channel
+    axis -3) one 2-D field at a time: the float64 arithmetic of ``Normaliser`` without a
+    float64 copy of the whole array (at the Europe grid that copy was most of a sample's
+    cost). Channels where ``keep`` is True are left as they are."""
+    mean, std = norm.mean[group], norm.std[group]
+    tmp = np.empty(values.shape[-2:], dtype=np.float64)
+    for index in np.ndindex(values.shape[:-2]):
+        c = index[-1]
+        if keep is not None and keep[c]:
+            continue
+        field = values[index]
+        np.subtract(field, mean[c], out=tmp)
+        np.divide(tmp, std[c], out=tmp)
+        field[...] = tmp  # rounds to float32 as astype does
+    return values
+
+
+def model_inputs(x: Batch, layout: Layout, norm: Normaliser, compact: bool = False
+                 ) -> tuple[dict, dict]:  # fmt: skip
+    """Normalised inputs (NaN -> 0; a missing category -> its own code) and their masks
+    (float32, or bool with ``compact``: a quarter of the bytes)."""
     inputs, missing = {}, {}
     for g in layout.groups:
-        values = norm.normalise(g, layout.stack(g, x.groups[g]))
+        stacked = layout.stack(g, x.groups[g]).astype(np.float32, copy=False)
+        values = normalise_in_place(norm, g, stacked)
         absent = ~np.isfinite(values)
-        filled = np.where(absent, 0.0, values)
+        np.copyto(values, 0.0, where=absent)
         for channel, n in layout.categorical(g):  # static: channels on axis 0
-            filled[channel] = np.where(absent[channel], n, filled[channel])
-        inputs[g] = torch.from_numpy(filled.astype(np.float32))
-        missing[g] = torch.from_numpy(absent.astype(np.float32))
+            np.copyto(values[channel], n, where=absent[channel])
+        inputs[g] = torch.from_numpy(values)
+        missing[g] = torch.from_numpy(absent if compact else absent.astype(np.float32))
     return inputs, missing
 
 
-def to_sample(x: Batch, y: Batch, layout: Layout, norm: Normaliser) -> Sample:
+def to_sample(x: Batch, y: Batch, layout: Layout, norm: Normaliser, compact: bool = False
+              ) -> Sample:  # fmt: skip
     """The model sample of an (input, target) batch pair (shapes in ``bfm.contracts.sample``).
 
     Inputs are normalised with NaN -> 0 and come with their missing-value masks; targets (the
     second time of ``y``) are normalised for continuous variables and raw for counts (the
     model predicts a log-rate), with NaN -> 0 and a mask of the known values; lat/lon in
-    degrees; time the day of year and hour of t0.
+    degrees; time the day of year and hour of t0. With ``compact`` the input masks are bool
+    (``Sample.to`` turns them into the model's dtype).
     """
-    inputs, missing = model_inputs(x, layout, norm)
+    inputs, missing = model_inputs(x, layout, norm, compact)
     target, mask = {}, {}
     for g in layout.dynamic:
-        raw = layout.stack(g, y.groups[g])[1]
-        y1 = norm.normalise(g, raw)
-        counts = layout.count_channels(g)
-        y1[counts] = raw[counts]
+        second = {v: a[1:] for v, a in y.groups[g].items()}  # y's first time is not needed
+        y1 = normalise_in_place(norm, g, layout.stack(g, second)[0].astype(np.float32, copy=False),
+                                keep=layout.count_channels(g))  # fmt: skip
         finite = np.isfinite(y1)
-        target[g] = torch.from_numpy(np.where(finite, y1, 0.0).astype(np.float32))
+        np.copyto(y1, 0.0, where=~finite)
+        target[g] = torch.from_numpy(y1)
         mask[g] = torch.from_numpy(finite)
     t0 = pd.Timestamp(x.times[0])
     model_input = ModelInput(
@@ -174,20 +199,150 @@ class BatchPairs(Dataset):
         return len(self.pairs)
 
     def load(self, i: int) -> tuple[Batch, Batch]:
-        """Read and check the two batches of pair ``i``."""
+        """Read and check the two batches of pair ``i``: the input's layout groups, the
+        target's dynamic groups at its second time (its first time NaN, unread)."""
         pair = self.pairs[i]
-        x, y = read_batch(pair.input), read_batch(pair.target)
+        x = read_batch(pair.input, only=self.layout.groups)
+        y = read_batch(pair.target, only=self.layout.dynamic, time=1)
+        self.layout.check(x)
+        check_target(self.layout, y)
         for b in (x, y):
-            self.layout.check(b)
             if b.grid != self.grid:
                 raise ValueError(f"{b.source}: grid {b.grid} differs from {self.grid}")
         return x, y
 
     def __getitem__(self, i: int) -> Sample:
+        return self.sample(i)
+
+    def sample(self, i: int, compact: bool = False) -> Sample:
+        """Sample ``i``; ``compact``: bool input masks (``to_sample``)."""
         x, y = self.load(i)
-        return to_sample(x, y, self.layout, self.norm)
+        return to_sample(x, y, self.layout, self.norm, compact)
 
     @property
     def names(self) -> list[str]:
         """File names of every batch the samples use, sorted."""
         return sorted({p.name for pair in self.pairs for p in (pair.input, pair.target)})
+
+
+def check_target(layout: Layout, y: Batch) -> None:
+    """``y`` holds the layout's dynamic groups, levels and species (ValueError otherwise)."""
+    missing = [g for g in layout.dynamic if g not in y.groups]
+    if missing:
+        raise ValueError(
+            f"{y.source}: lacks group(s) {missing} the model predicts (it has {sorted(y.groups)})"
+        )
+    kinds = {layout.kind(g) for g in layout.dynamic}
+    for name, kind, got in (("levels", DimsKind.LEVEL, y.levels),
+                            ("species", DimsKind.SPECIES, y.species)):  # fmt: skip
+        if kind in kinds and tuple(int(v) for v in got) != getattr(layout, name):
+            raise ValueError(
+                f"{y.source}: {name} {[int(v) for v in got]} differ "
+                f"from the model's {list(getattr(layout, name))}"
+            )
+
+
+@dataclass(frozen=True)
+class Order:
+    """Which samples a rank's micro-batches hold: ``sample_indices`` of ``k * world + rank``."""
+
+    n: int
+    micro: int
+    seed: int
+    world: int = 1
+    rank: int = 0
+
+    def indices(self, k: int) -> list[int]:
+        return sample_indices(self.n, k * self.world + self.rank, self.micro, self.seed)
+
+
+@dataclass
+class MicroBatch:
+    """Micro-batch number ``k`` of a rank, collated; pinnable by the DataLoader."""
+
+    k: int
+    sample: Sample
+
+    def pin_memory(self) -> MicroBatch:
+        return MicroBatch(self.k, _map_tensors(self.sample, lambda t: t.pin_memory()))
+
+
+def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``obj`` (Sample, ModelInput, dict, tensor, None) with ``fn`` applied to every tensor."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, Sample | ModelInput):
+        return type(obj)(*(_map_tensors(getattr(obj, f), fn) for f in obj.__dataclass_fields__))
+    return obj
+
+
+class MicroBatchSet(Dataset):
+    """Item ``k``: micro-batch ``k`` of ``order`` over ``data``, collated (read in a worker).
+
+    The input masks travel as bool (``to_sample(compact=True)``): ~30 % fewer bytes to pass
+    between processes and to copy to the GPU; ``Sample.to`` makes them the model's dtype."""
+
+    def __init__(self, data: BatchPairs, order: Order) -> None:
+        self.data, self.order = data, order
+
+    def __getitem__(self, k: int) -> MicroBatch:
+        samples = [self.data.sample(i, compact=True) for i in self.order.indices(k)]
+        return MicroBatch(k, Sample.collate(samples))
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+class MicroBatches:
+    """Micro-batches ``first, first + 1, ... < stop`` of ``order``, read ahead by a DataLoader.
+
+    ``get(k)`` returns micro-batch ``k``; they must be asked for in order (the loader reads
+    ahead in that order). ``workers=0`` reads in the calling process, when asked.
+    """
+
+    def __init__(self, data: BatchPairs, order: Order, first: int, stop: int, *,
+                 workers: int = DEFAULT_WORKERS, prefetch: int = DEFAULT_PREFETCH,
+                 pin_memory: bool = False) -> None:  # fmt: skip
+        if workers < 0 or prefetch < 1:
+            raise ValueError(
+                f"train.loader_workers must be >= 0 and train.prefetch >= 1, got "
+                f"{workers} and {prefetch}"
+            )
+        self.next = first
+        self.loader = DataLoader(
+            MicroBatchSet(data, order),
+            batch_size=None,  # items are whole micro-batches already
+            sampler=range(first, stop),
+            num_workers=workers,
+            prefetch_factor=prefetch if workers else None,
+            pin_memory=pin_memory,
+            collate_fn=_as_is,
+        )
+        self._it: Iterator[MicroBatch] | None = iter(self.loader) if stop > first else None
+
+    def get(self, k: int) -> Sample:
+        if k != self.next or self._it is None:
+            raise RuntimeError(f"micro-batch {k} asked for; the loader's next is {self.next}")
+        item = next(self._it)
+        assert item.k == k, f"the loader gave micro-batch {item.k} for {k}"
+        self.next += 1
+        return item.sample
+
+    def close(self) -> None:
+        """Stop the worker processes (also when the last micro-batch was not taken)."""
+        self._it = None
+
+
+LOADER_KEYS = ("loader_workers", "prefetch")  # config train.*: how samples are read, not which
+
+
+def open_loader(data: BatchPairs, train: Mapping[str, Any], order: Order, first: int,
+                stop: int, cuda: bool) -> MicroBatches:  # fmt: skip
+    """``MicroBatches`` with the config's ``train.loader_workers`` and ``train.prefetch``
+    (defaults when absent), pinned on CUDA."""
+    return MicroBatches(data, order, first, stop, pin_memory=cuda,
+                        workers=int(train.get("loader_workers", DEFAULT_WORKERS)),
+                        prefetch=int(train.get("prefetch", DEFAULT_PREFETCH)))  # fmt: skip

@@ -1,0 +1,271 @@
+"""bfm bench loader: how fast the training loader turns batch files into samples, and which
+compression the batches should have.
+
+At a grid of ``--grid`` cells (default Europe at 0.25 deg: 153 x 321) with every catalogue
+group, 13 pressure levels and 21 species (the study's layout), ``--batches`` consecutive mock
+batches (``bfm.testing.mock_batch``, the mock data of ``bfm bench model``'s loader: seeded
+normal fields, Poisson counts; ``--values smooth`` for smooth fields) are written to a
+temporary folder once per compression (``bfm.contracts.batch.Compression``). Per compression:
+
+- write: CPU seconds per batch (``write_batch``, atomic, with checksums);
+- read: CPU seconds to read and decode a whole batch (``read_batch``; median), and a training
+  pair as the loader reads it (the input's groups, the target's dynamic groups at its second
+  time) beside both files read whole, as before;
+- MB per batch on disk, the compression ratio and the decoded MB per CPU second.
+
+CPU seconds of this process (``time.process_time``), not wall time, so that other work on a
+shared machine does not blur the comparison. Files are read from the page cache: the
+figures are encoding and decoding costs, not disk speeds. Then, with the default compression
+(``bfm.contracts.batch.COMPRESSION``), the training loader (``bfm.training.data.MicroBatches``,
+one sample per micro-batch, the order of ``bfm train``) runs ``--passes`` passes over the
+pairs for each of ``--workers`` (0 = in the calling process): samples per second (wall
+time; the first micro-batch, which starts the workers, is not timed), per worker, the ratio to
+1 worker, and the CPU seconds per sample of this process and its workers together (what a
+sample costs a core, whatever else the machine runs). With fewer cores than workers + 1 the
+workers share the cores: read the ratios with the CPU count (printed) in mind.
+
+Examples:
+
+    bfm bench loader                                  # Europe grid, 6 batches, 0 1 2 workers
+    bfm bench loader --grid 40x80 --batches 4 --workers 0 1
+    bfm bench loader --compressions gzip blosc-zstd --values smooth --json loader.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bfm.cliutil import plain
+from bfm.fileio import write_text_atomic
+
+SPECIES = 21  # as bfm bench model: the study's endangered European species
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--grid: expected HxW (e.g. 153x321), got {text!r}") from None
+    if h < 2 or w < 2:
+        raise ValueError(f"--grid: needs at least 2 x 2 cells, got {text!r}")
+    return h, w
+
+
+def europe_grid(h: int, w: int) -> Any:
+    """``h`` x ``w`` cells of 0.25 deg from 72 N, 30 W (the Europe grid at 153 x 321)."""
+    from bfm.contracts.grid import Grid
+
+    return Grid(lat_min=72.0 - 0.25 * (h - 1), lat_max=72.0, lon_min=-30.0,
+                lon_max=-30.0 + 0.25 * (w - 1), res=0.25)  # fmt: skip
+
+
+def mock_batches(n: int, h: int, w: int, values: str) -> list[Any]:
+    """``n`` consecutive daily mock batches of the study layout (``bfm.testing.mock_batch``)."""
+    import pandas as pd
+
+    from bfm.contracts import catalogue
+    from bfm.contracts.catalogue import DEFAULT_LEVELS
+    from bfm.testing import mock_batch, random_values, trend_values
+
+    value = random_values(0) if values == "random" else trend_values()
+    grid, start = europe_grid(h, w), pd.Timestamp("2010-01-01")
+    return [mock_batch(start + pd.Timedelta(days=k), grid, k=k, levels=DEFAULT_LEVELS,
+                       species=tuple(range(1, SPECIES + 1)), value=value,
+                       groups=catalogue.groups()) for k in range(n)]  # fmt: skip
+
+
+def write_batches(directory: Path, batches: Sequence[Any], compression: str
+                  ) -> tuple[list[Path], float]:  # fmt: skip
+    """``batches`` written to ``directory`` as <t0>.h5 so compressed; paths, s per batch."""
+    from bfm.contracts.batch import Compression, write_batch
+    from bfm.contracts.timeaxis import format_t0
+    from bfm.testing import PROVENANCE
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths, seconds = [], 0.0
+    for b in batches:
+        started = time.process_time()
+        paths.append(write_batch(b, directory / f"{format_t0(b.times[0])}.h5", PROVENANCE,
+                                 Compression(compression)))  # fmt: skip
+        seconds += time.process_time() - started
+    return paths, seconds / len(batches)
+
+
+def time_reads(paths: Sequence[Path], repeat: int = 2) -> dict[str, float]:
+    """Median seconds to read a whole batch, and a pair as the training loader reads it."""
+    from bfm.contracts.batch import read_batch
+    from bfm.contracts.layout import Layout
+
+    layout = Layout.from_batch(read_batch(paths[0]))
+    whole, pair, raw = [], [], 0
+    for _ in range(repeat):
+        for x, y in zip(paths[:-1], paths[1:], strict=True):
+            t0 = time.process_time()
+            b = read_batch(x)
+            t1 = time.process_time()
+            read_batch(x, only=layout.groups)
+            read_batch(y, only=layout.dynamic, time=1)
+            t2 = time.process_time()
+            whole.append(t1 - t0)
+            pair.append(t2 - t1)
+            raw = sum(a.nbytes for g in b.groups.values() for a in g.values())
+    whole_s = statistics.median(whole)
+    return {"read_batch_s": whole_s, "read_pair_s": statistics.median(pair),
+            "read_pair_before_s": 2 * whole_s, "raw_bytes": raw,
+            "decode_mb_per_s": raw / 1e6 / whole_s}  # fmt: skip
+
+
+def compare_compressions(tmp: Path, batches: Sequence[Any], compressions: Sequence[str]
+                         ) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per compression: write s, bytes, read s (``time_reads``); printed as it goes."""
+    rows = []
+    for c in compressions:
+        paths, write_s = write_batches(tmp / c, batches, c)
+        reads = time_reads(paths)
+        size = sum(p.stat().st_size for p in paths) / len(paths)
+        rows.append({"compression": c, "write_s": write_s, "bytes": int(size), **reads})
+        print(
+            f"  {c:11s} {size / 1e6:7.1f} MB  ratio {reads['raw_bytes'] / size:4.2f}  write "
+            f"{write_s:6.3f} s  read+decode {reads['read_batch_s']:6.3f} s "
+            f"({reads['decode_mb_per_s']:5.0f} MB/s)  pair {reads['read_pair_s']:6.3f} s "
+            f"(both whole: {reads['read_pair_before_s']:6.3f} s)",
+            flush=True,
+        )
+    return rows
+
+
+def loader_rate(paths: Sequence[Path], workers: int, passes: int, prefetch: int
+                ) -> dict[str, Any]:  # fmt: skip
+    """Samples per second of ``MicroBatches`` (micro-batch 1) over ``passes`` passes."""
+    from bfm.contracts.stats import load_stats
+    from bfm.testing import write_stats
+    from bfm.training.data import BatchPairs, MicroBatches, Order
+
+    stats_path = paths[0].parent / "stats.json"
+    if not stats_path.is_file():
+        write_stats(list(paths), stats_path)
+    data = BatchPairs(list(paths), load_stats(stats_path))
+    order = Order(len(data), 1, seed=0)
+    total = 1 + passes * len(data)
+    loader = MicroBatches(data, order, 0, total, workers=workers, prefetch=prefetch)
+    cpu = _cpu_seconds()  # CPU: every sample, the first too (the workers make them all)
+    try:
+        loader.get(0)  # not timed: the workers start, the first files are opened
+        started = time.perf_counter()
+        for k in range(1, total):
+            loader.get(k)
+        seconds = time.perf_counter() - started
+    finally:
+        loader.close()  # joins the workers: their CPU time is counted once they are gone
+    cpu = _cpu_seconds() - cpu
+    rate = (total - 1) / seconds
+    return {"workers": workers, "samples": total - 1, "seconds": seconds,
+            "samples_per_s": rate, "per_worker": rate / max(workers, 1),
+            "cpu_s_per_sample": cpu / total}  # fmt: skip
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the workers)."""
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def print_against_gzip(rows: list[dict[str, Any]]) -> None:
+    gzip = next((r for r in rows if r["compression"] == "gzip"), None)
+    if gzip is None:
+        return
+    for r in rows:
+        read = gzip["read_batch_s"] / r["read_batch_s"]
+        write = gzip["write_s"] / r["write_s"]
+        print(
+            f"  {r['compression']:11s} / gzip: read {read:5.2f}x as fast, write {write:5.2f}x "
+            f"as fast, {r['bytes'] / gzip['bytes']:4.2f}x the bytes"
+        )
+
+
+def print_against_one_worker(rates: list[dict[str, Any]]) -> None:
+    one = next((r for r in rates if r["workers"] == 1), None)
+    if one is None:
+        return
+    for r in rates:
+        r["ratio_to_1_worker"] = r["samples_per_s"] / one["samples_per_s"]
+        print(f"  {r['workers']} / 1 worker: {r['ratio_to_1_worker']:.2f}x")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bfm.contracts.batch import COMPRESSION
+
+    h, w = parse_grid(args.grid)
+    if args.batches < 2 or args.passes < 1 or any(n < 0 for n in args.workers):
+        raise ValueError("--batches must be >= 2, --passes >= 1 and --workers >= 0")
+    compressions = list(dict.fromkeys([*args.compressions, str(COMPRESSION)]))
+    report: dict[str, Any] = {"grid": [h, w], "batches": args.batches, "values": args.values,
+                              "cpus": os.cpu_count(), "default": str(COMPRESSION)}  # fmt: skip
+    print(f"bench loader: {h}x{w} cells, {args.batches} batches, {os.cpu_count()} CPUs")
+    print("compression (read from the page cache):")
+    with tempfile.TemporaryDirectory(prefix="bfm-bench-loader-") as name:
+        tmp = Path(name)
+        batches = mock_batches(args.batches, h, w, args.values)
+        rows = compare_compressions(tmp, batches, compressions)
+        del batches
+        report["compression"] = rows
+        print_against_gzip(rows)
+        default = next(r for r in rows if r["compression"] == str(COMPRESSION))
+        before = default["read_pair_before_s"]
+        print(f"a pair ({COMPRESSION}): {default['read_pair_s']:.3f} CPU s to read what the "
+              f"sample needs; both files whole {before:.3f} s "
+              f"({before / default['read_pair_s']:.2f}x)")  # fmt: skip
+        paths = sorted((tmp / str(COMPRESSION)).glob("*.h5"))
+        print(f"loader ({COMPRESSION}, prefetch {args.prefetch}):")
+        rates = []
+        for n in args.workers:
+            r = loader_rate(paths, n, args.passes, args.prefetch)
+            rates.append(r)
+            print(f"  {n} worker(s): {r['samples_per_s']:6.2f} samples/s "
+                  f"({r['per_worker']:.2f} per worker), {r['cpu_s_per_sample']:.3f} CPU s per "
+                  f"sample: {1 / r['cpu_s_per_sample']:.2f} samples/s per busy core",
+                  flush=True)  # fmt: skip
+        print_against_one_worker(rates)
+        report["loader"] = rates
+    if args.json:
+        write_text_atomic(Path(args.json), json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def register(actions: argparse._SubParsersAction) -> None:
+    from bfm.contracts.batch import Compression
+
+    p = actions.add_parser(
+        "loader",
+        help="training loader samples/s for 0, 1, 2 workers; batch compressions compared",
+        description=plain(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--grid", default="153x321", help="HxW cells (default Europe: 153x321)")
+    p.add_argument("--batches", type=int, default=6, help="mock batches (default 6: 5 pairs)")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
+                   help="loader worker counts to time (default: 0 1 2)")  # fmt: skip
+    p.add_argument("--passes", type=int, default=2, help="passes over the pairs (default 2)")
+    p.add_argument("--prefetch", type=int, default=2, help="micro-batches read ahead per worker")
+    p.add_argument("--compressions", nargs="+", default=[str(c) for c in Compression],
+                   choices=[str(c) for c in Compression],
+                   help="compressions compared (default: all; the default one always)")  # fmt: skip
+    p.add_argument(
+        "--values",
+        choices=("random", "smooth"),
+        default="random",
+        help="mock values: random (as bfm bench model; default) or smooth fields",
+    )
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=run)

@@ -1,0 +1,194 @@
+"""The training loader: DataLoader workers give the in-process samples in the training order,
+a pair reads only what it needs, every batch compression round-trips exactly, old gzip
+batches still read, and `bfm bench loader` reports what it says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from bfm.cli import main
+from bfm.contracts.batch import COMPRESSION, Compression, read_batch, write_batch
+from bfm.contracts.stats import load_stats
+from bfm.testing import PROVENANCE, mock_batch, random_values, write_sequence, write_stats
+from bfm.training import data as data_module
+from bfm.training.data import BatchPairs, MicroBatches, Order, normalise_in_place, to_sample
+from bfm.training.engine import sample_indices
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> BatchPairs:
+    """5 pairs of random batches (every base group) with a missing input and target value."""
+    tmp = tmp_path_factory.mktemp("loader")
+
+    def holes(k: int, batch) -> None:
+        batch.groups["surface"]["msl"][1, 2, 3] = np.nan
+        batch.groups["atmospheric"]["t"][0, 1, 4, 5] = np.nan
+
+    paths = write_sequence(tmp, 6, value=random_values(3), edit=holes)
+    return BatchPairs(paths, load_stats(write_stats(paths, tmp / "stats.json")))
+
+
+def _flat(sample: object) -> list[torch.Tensor]:
+    """Every tensor of a Sample, in a fixed order."""
+    if isinstance(sample, torch.Tensor):
+        return [sample]
+    if isinstance(sample, dict):
+        return [t for k in sorted(sample) for t in _flat(sample[k])]
+    if sample is None:
+        return []
+    return [t for f in sample.__dataclass_fields__ for t in _flat(getattr(sample, f))]
+
+
+def _same(a: object, b: object) -> bool:
+    ta, tb = _flat(a), _flat(b)
+    return len(ta) == len(tb) and all(torch.equal(x, y) for x, y in zip(ta, tb, strict=True))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_gives_the_samples_of_train_step_in_order(pairs: BatchPairs, workers: int) -> None:
+    # Rank 1 of 2, micro-batches of 2, resumed at micro-batch 3: what train_step drew before,
+    # sample_indices(n, k * world + rank, micro, seed), read in the training process.
+    order = Order(len(pairs), micro=2, seed=7, world=2, rank=1)
+    loader = MicroBatches(pairs, order, 3, 7, workers=workers, prefetch=2)
+    try:
+        for k in range(3, 7):
+            want = [pairs[i] for i in sample_indices(len(pairs), k * 2 + 1, 2, 7)]
+            got = loader.get(k)
+            assert got.input.inputs["surface"].shape[0] == 2
+            assert (
+                got.input.missing is not None and got.input.missing["surface"].dtype == torch.bool
+            )
+            # The masks travel as bool; on the model's side they are what train_step had.
+            assert _same(
+                got.to("cpu", torch.float32), type(got).collate(want).to("cpu", torch.float32)
+            )
+    finally:
+        loader.close()
+
+
+def test_pinning_maps_every_tensor_of_a_micro_batch(pairs: BatchPairs) -> None:
+    # What the DataLoader's pin thread does on CUDA (MicroBatch.pin_memory), with clone for pin.
+    sample = pairs.sample(0, compact=True)
+    copied = data_module._map_tensors(sample, torch.clone)
+    assert type(copied) is type(sample) and _same(copied, sample)
+    assert all(a is not b for a, b in zip(_flat(copied), _flat(sample), strict=True))
+
+
+def test_the_ranks_micro_batches_cover_each_epoch_once(pairs: BatchPairs) -> None:
+    n, world = len(pairs), 2  # 5 samples; 5 micro-batches of 1 per rank = 2 epochs
+    drawn = [i for k in range(5) for r in range(world) for i in Order(n, 1, 0, world, r).indices(k)]
+    assert sorted(drawn[:n]) == sorted(drawn[n:]) == list(range(n))
+
+
+def test_the_loader_refuses_an_out_of_order_request_and_bad_settings(pairs: BatchPairs) -> None:
+    loader = MicroBatches(pairs, Order(len(pairs), 1, 0), 0, 3, workers=0)
+    with pytest.raises(RuntimeError, match="micro-batch 1 asked for; the loader's next is 0"):
+        loader.get(1)
+    with pytest.raises(ValueError, match="train.loader_workers must be >= 0"):
+        MicroBatches(pairs, Order(len(pairs), 1, 0), 0, 3, workers=-1)
+
+
+def test_a_pair_reads_the_input_once_and_the_targets_second_time_only(
+    pairs: BatchPairs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def spy(path, require=(), only=None, time=None):
+        calls.append((Path(path).name, only, time))
+        return read_batch(path, require, only, time)
+
+    monkeypatch.setattr(data_module, "read_batch", spy)
+    pair = pairs.pairs[0]
+    got = pairs[0]
+    layout = pairs.layout
+    assert calls == [(pair.input.name, layout.groups, None), (pair.target.name, layout.dynamic, 1)]
+    assert "static" in layout.groups and "static" not in layout.dynamic
+    # The same sample as from both files read whole, as the loader did before.
+    whole = to_sample(read_batch(pair.input), read_batch(pair.target), layout, pairs.norm)
+    assert _same(got, whole)
+    assert not bool(got.mask["surface"][layout.variables("surface").index("msl"), 2, 3])
+
+
+def test_read_batch_at_one_time_leaves_the_other_missing(make_batch_file) -> None:
+    path = make_batch_file("2010-01-01")
+    full, second = read_batch(path), read_batch(path, only=("surface", "static"), time=1)
+    assert set(second.groups) == {"surface", "static"}
+    t2m = second.groups["surface"]["t2m"]
+    assert np.isnan(t2m[0]).all() and np.array_equal(t2m[1], full.groups["surface"]["t2m"][1])
+    assert np.array_equal(second.groups["static"]["z"], full.groups["static"]["z"])  # no time
+    with pytest.raises(ValueError, match="time must be 0, 1 or None, got 2"):
+        read_batch(path, time=2)
+
+
+def test_normalise_in_place_is_the_normaliser_bit_for_bit(pairs: BatchPairs) -> None:
+    g = "atmospheric"
+    rng = np.random.default_rng(0)
+    values = (rng.normal(size=(2, pairs.layout.n_channels(g), 6, 7)) * 50 + 250).astype("f4")
+    values[0, 3, 2, 2] = np.nan
+    want = pairs.norm.normalise(g, values)
+    got = normalise_in_place(pairs.norm, g, values.copy())
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def _edge_values(k: int, batch) -> None:
+    """NaN, -0.0, the largest float32 and a subnormal in a field of every group kind."""
+    for g, var in (("surface", "t2m"), ("atmospheric", "t"), ("static", "z")):
+        flat = batch.groups[g][var].reshape(-1)
+        flat[:4] = [np.nan, -0.0, np.finfo(np.float32).max, np.float32(1e-42)]
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_every_compression_round_trips_exactly(tmp_path: Path, compression: Compression) -> None:
+    batch = mock_batch("2010-01-01", value=random_values(1))
+    _edge_values(0, batch)
+    path = write_batch(batch, tmp_path / "20100101T00.h5", PROVENANCE, compression)
+    back = read_batch(path)
+    for g, variables in batch.groups.items():
+        for var, arr in variables.items():
+            got = back.groups[g][var]
+            assert np.array_equal(got.view(np.uint32), arr.view(np.uint32)), (compression, g, var)
+    assert np.isnan(back.groups["surface"]["t2m"].reshape(-1)[0])
+
+
+def test_old_gzip_batches_still_read_and_new_ones_use_the_default(tmp_path: Path) -> None:
+    batch = mock_batch("2010-01-01", value=random_values(2))
+    old = write_batch(batch, tmp_path / "old" / "20100101T00.h5", PROVENANCE, Compression.GZIP)
+    new = write_batch(batch, tmp_path / "new" / "20100101T00.h5", PROVENANCE)
+    with h5py.File(old) as f:
+        assert f["surface/t2m"].compression == "gzip" and f["surface/t2m"].fletcher32
+    with h5py.File(new) as f:
+        filters = f["surface/t2m"]._filters  # the HDF5 filter ids of the dataset
+        assert COMPRESSION == Compression.BLOSC_LZ4 and "32001" in {str(k) for k in filters}
+    a, b = read_batch(old), read_batch(new)
+    for g in batch.groups:
+        for var in batch.groups[g]:
+            assert np.array_equal(a.groups[g][var], b.groups[g][var], equal_nan=True)
+
+
+def test_bench_loader_reports_rates_ratios_and_the_compressions(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "loader.json"
+    args = ["bench", "loader", "--grid", "9x12", "--batches", "3", "--workers", "0", "1"]
+    args += ["--passes", "1", "--compressions", "gzip", "none", "--json", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    names = [r["compression"] for r in report["compression"]]
+    assert names == ["gzip", "none", str(COMPRESSION)]  # the default is always measured
+    for r in report["compression"]:
+        assert r["bytes"] > 0 and r["read_batch_s"] > 0 and r["write_s"] > 0
+    rates = {r["workers"]: r for r in report["loader"]}
+    assert set(rates) == {0, 1} and all(r["samples"] == 2 for r in rates.values())
+    assert rates[1]["ratio_to_1_worker"] == 1.0
+    assert rates[0]["ratio_to_1_worker"] == rates[0]["samples_per_s"] / rates[1]["samples_per_s"]
+    printed = capsys.readouterr().out
+    assert "1 worker(s):" in printed and "0 / 1 worker:" in printed and "/ gzip: read" in printed
+
+
+def test_bench_loader_rejects_a_malformed_grid(caplog) -> None:
+    assert main(["bench", "loader", "--grid", "153by321"]) == 1
+    assert "--grid: expected HxW (e.g. 153x321), got '153by321'" in caplog.text
