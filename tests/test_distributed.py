@@ -140,3 +140,52 @@ def test_two_mpiruns_side_by_side_get_their_own_port() -> None:
     assert 10000 <= a.master_port < 30000
     explicit = discover({**env, "PMIX_NAMESPACE": "x", "MASTER_PORT": "4242"}, no_hosts)
     assert explicit.master_port == 4242
+
+
+# --- ranks per node, GPU of a rank, the configured layout -------------------------------------
+def test_ranks_per_node_from_each_launcher() -> None:
+    torchrun = {"RANK": "0", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}
+    assert discover(torchrun, no_hosts).local_world_size == 4
+    slurm = {"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "gcn1",
+             "SLURM_JOB_ID": "1"}  # fmt: skip
+    steps = {"4(x2)": 4, "2,2": 2, "4,2": None, "": None}  # "4,2": uneven nodes, no one number
+    for text, expected in steps.items():
+        env = {**slurm, "SLURM_STEP_TASKS_PER_NODE": text} if text else slurm
+        assert distributed.slurm_tasks_per_node(env) == expected, text
+    # the step's layout wins over the job's (an srun inside an sbatch of another shape)
+    both = {**slurm, "SLURM_STEP_TASKS_PER_NODE": "2(x4)", "SLURM_NTASKS_PER_NODE": "4"}
+    assert discover(both, lambda n: [n]).local_world_size == 2
+    assert discover({**slurm, "SLURM_NTASKS_PER_NODE": "4"}, lambda n: [n]).local_world_size == 4
+    ompi = {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4",
+            "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}  # fmt: skip
+    assert discover(ompi, no_hosts).local_world_size == 2
+    pmi = {"PMI_RANK": "0", "PMI_SIZE": "4", "MPI_LOCALNRANKS": "4"}
+    assert discover(pmi, no_hosts).local_world_size == 4
+    assert discover({}, no_hosts, free_port=lambda: 1).local_world_size is None
+
+
+def test_each_rank_takes_local_rank_modulo_the_visible_gpus() -> None:
+    # 4 GPUs visible to every task of a node: local rank r takes cuda:r
+    assert [distributed.device_index(r, 4) for r in range(4)] == [0, 1, 2, 3]
+    # srun --gpu-bind=single:1: each task sees its own GPU alone, as cuda:0
+    assert [distributed.device_index(r, 1) for r in range(4)] == [0, 0, 0, 0]
+    # 2 GPUs visible to each pair of tasks (--gpus-per-task=... shared by 2)
+    assert [distributed.device_index(r, 2) for r in range(4)] == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="no GPU visible to local rank 3"):
+        distributed.device_index(3, 0)
+
+
+def test_the_job_must_have_the_configured_layout() -> None:
+    two = DistEnv(0, 2, 0, "127.0.0.1", 1, "torchrun", 2)
+    distributed.check_layout(two, 1, 2)
+    distributed.check_layout(two, None, None)  # by hand: nothing to check
+    with pytest.raises(ValueError, match=r"train.nodes=1 x train.gpus_per_node=1 = 1 rank\(s\), "
+                       r"but the job \(torchrun\) has 2 rank\(s\), 2 per node"):  # fmt: skip
+        distributed.check_layout(two, 1, 1)
+    # the same world size in another shape: 1 node of 4 is not 2 nodes of 2
+    four = DistEnv(0, 4, 0, "127.0.0.1", 1, "slurm", 4)
+    distributed.check_layout(four, 1, 4)
+    with pytest.raises(ValueError, match="4 per node"):
+        distributed.check_layout(four, 2, 2)
+    # a launcher that does not say how many ranks a node has: the world size alone
+    distributed.check_layout(DistEnv(0, 4, 0, "127.0.0.1", 1, "pmi"), 2, 2)

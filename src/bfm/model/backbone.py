@@ -6,6 +6,13 @@ Each stage alternates plain and shifted windows. The patch grid is zero-padded a
 a multiple of twice the window (so both resolutions tile into windows) and cropped back; the
 attention masks keep real tokens from attending padding and, in shifted windows, tokens from
 attending across the wrap-around seam (the usual Swin region mask).
+
+Activation checkpointing (config ``train.activation_checkpointing``,
+``set_activation_checkpointing``) recomputes each block's activations in the backward pass
+instead of keeping them (``torch.utils.checkpoint``, non-reentrant): the same loss and
+gradients, less memory, about one more forward pass of the backbone per step. It is a
+training setting, not part of the model (``ModelConfig``): a checkpoint trained with it loads
+and runs without it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from bfm.model.config import ModelConfig
@@ -183,6 +191,15 @@ class UNetBackbone(nn.Module):
         self.down, self.up = PatchMerge(d), PatchSplit(d)
         self.fuse = nn.Linear(2 * d, d)
         self.norm = nn.LayerNorm(d)
+        self.checkpointing = False  # set_activation_checkpointing
+
+    def _block(self, blk: nn.Module, x: Tensor, valid: Tensor) -> Tensor:
+        """``blk(x, valid)``; with checkpointing (and gradients) its activations are
+        recomputed in the backward pass instead of kept."""
+        if self.checkpointing and torch.is_grad_enabled():
+            out: Tensor = torch.utils.checkpoint.checkpoint(blk, x, valid, use_reentrant=False)
+            return out
+        return blk(x, valid)
 
     def forward(self, x: Tensor) -> Tensor:
         _, z, h, w, _ = x.shape
@@ -191,7 +208,7 @@ class UNetBackbone(nn.Module):
         valid = torch.zeros(x.shape[1:4], dtype=torch.bool, device=x.device)
         valid[:, :h, :w] = True
         for blk in self.stage1:
-            x = blk(x, valid)
+            x = self._block(blk, x, valid)
         skip = x
         # Padded tokens hold whatever attention left there: zero them so that a merged token
         # at the edge sees zero padding, as the input did.
@@ -199,10 +216,10 @@ class UNetBackbone(nn.Module):
         # The real region is a top-left box, so a merged token is real iff its first child is.
         valid_half = valid[:, ::2, ::2]
         for blk in self.stage2:
-            x = blk(x, valid_half)
+            x = self._block(blk, x, valid_half)
         x = self.fuse(torch.cat([self.up(x), skip], dim=-1))
         for blk in self.stage3:
-            x = blk(x, valid)
+            x = self._block(blk, x, valid)
         return self.norm(x)[:, :, :h, :w]
 
 
@@ -214,6 +231,15 @@ class Swin3DBackbone(UNetBackbone):
         super().__init__(cfg, lambda dim, i: SwinBlock(dim, heads, win, r, i % 2 == 1),
                          (2 * win[1], 2 * win[2]))  # fmt: skip
         self.window = win
+
+
+def set_activation_checkpointing(model: nn.Module, on: bool = True) -> int:
+    """Switch activation checkpointing of every backbone block in ``model`` on or off
+    (both backbones); the number of backbones it found (0: nothing to checkpoint)."""
+    found = [m for m in model.modules() if isinstance(m, UNetBackbone)]
+    for backbone in found:
+        backbone.checkpointing = on
+    return len(found)
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:

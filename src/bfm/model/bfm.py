@@ -161,4 +161,5 @@ class BFM(nn.Module):
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    # ZeRO-3 leaves each rank a partition (numel 0 between uses); ds_numel is the whole size.
+    return sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())

@@ -13,10 +13,14 @@ Run directory (``results/models/<run>/``)::
         mp_rank_00_model_states.pt    {"module": model state dict, "step": 40, ...}
         *_optim_states.pt             optimizer state (one shard per rank under ZeRO)
 
-With ZeRO stages 0-2 the ``module`` state dict is complete (weights in the training dtype,
-bf16 when bf16 is on; the normalisation buffers stay float64), so ``load_model`` needs only
-torch. A checkpoint that cannot be read is skipped, with a warning naming it, for the newest
-readable one. meta.json (schema ``bfm-run/1``) and metrics.jsonl are validated when read.
+Under ZeRO-3 every rank writes its own ``zero_pp_rank_<r>_mp_rank_00_model_states.pt`` and the
+weights are partitioned across the optimizer shards: such runs resume (``resume``), and
+``load_model`` refuses them (consolidate with DeepSpeed's ``zero_to_fp32.py``, which the
+checkpoint directory holds). With ZeRO stages 0-2 the ``module`` state dict is complete
+(weights in the training dtype, bf16 when bf16 is on; the normalisation buffers stay float64),
+so ``load_model`` needs only torch. A checkpoint that cannot be read is skipped, with a
+warning naming it, for the newest readable one. meta.json (schema ``bfm-run/1``) and
+metrics.jsonl are validated when read.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ META = "meta.json"
 METRICS = "metrics.jsonl"
 LOCK = "train.lock"
 MODEL_STATES = "mp_rank_00_model_states.pt"
+ZERO3_MODEL_STATES = "zero_pp_rank_0_" + MODEL_STATES  # rank 0's file under ZeRO-3
 META_SCHEMA = "bfm-run/1"
 META_KEYS = (
     "schema",
@@ -110,9 +115,12 @@ def candidates(run_dir: str | Path) -> list[Path]:
 
 
 def readable(path: Path) -> str | None:
-    """None if the checkpoint's model states load, else why not."""
+    """None if the checkpoint's model states load (rank 0's under ZeRO-3), else why not."""
+    states = path / MODEL_STATES
+    if not states.is_file() and (path / ZERO3_MODEL_STATES).is_file():
+        states = path / ZERO3_MODEL_STATES
     try:
-        torch.load(path / MODEL_STATES, map_location="cpu", weights_only=True)
+        torch.load(states, map_location="cpu", weights_only=True)
     except UNREADABLE as err:
         return _why(err)
     return None

@@ -1,12 +1,24 @@
-"""The settings of one training run (``bfm train``), as a typed record."""
+"""The settings of one training run (``bfm train``), as a typed record.
+
+The scale settings (``SCALE_KEYS``: gradient accumulation, activation checkpointing, nodes
+and GPUs per node) come from the flags of the same name or, with ``--config``, from the
+config's ``train.*`` keys (``TrainConfig.with_study``); a flag that disagrees with the config
+is refused. Nodes x GPUs per node is the world size the run must have: it fixes the global
+batch (micro-batch x ``grad_accum`` x world size), so it is science, checked against the
+ranks the job actually has (``bfm.training.distributed.check_layout``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 TRAIN_KEYS = ("lr", "warmup_steps", "weight_decay", "checkpoint_every", "seed")
+# Config keys train.* that bfm train also takes as flags (--grad-accum, ...); meta.json "train".
+SCALE_KEYS = ("grad_accum", "activation_checkpointing", "nodes", "gpus_per_node")
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,12 @@ class TrainConfig:
         drop_groups: batch groups the model does not read (an ablation, ``bfm.ablations``);
             the batches may still hold them.
         config: the study's config file (``--config``), or None for a run by hand.
+        grad_accum: micro-batches per optimizer step on every rank (DeepSpeed's
+            gradient_accumulation_steps); None until resolved (``with_study``), then 1 by hand.
+        activation_checkpointing: recompute the backbone blocks' activations in the backward
+            pass (less memory, same gradients); None until resolved.
+        nodes, gpus_per_node: the layout the run must have (world size = nodes x
+            gpus_per_node; on CPU, processes per node); None (by hand) checks nothing.
     """
 
     batches: tuple[str, ...]
@@ -52,6 +70,10 @@ class TrainConfig:
     use_species_table: bool = True
     drop_groups: tuple[str, ...] = ()
     config: str | None = None
+    grad_accum: int | None = None
+    activation_checkpointing: bool | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1:
@@ -66,6 +88,40 @@ class TrainConfig:
                 f"--lr must be > 0 and --warmup-steps, --weight-decay >= 0, got "
                 f"{self.lr}, {self.warmup_steps}, {self.weight_decay}"
             )
+        for name in ("grad_accum", "nodes", "gpus_per_node"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value!r}")
+        if (self.nodes is None) != (self.gpus_per_node is None):
+            raise ValueError(
+                f"--nodes and --gpus-per-node go together (got {self.nodes}, {self.gpus_per_node})"
+            )
+
+    def with_study(self, train: Mapping[str, Any] | None) -> TrainConfig:
+        """The scale settings resolved: from the config's ``train`` section (``--config``)
+        where the flags are unset, ValueError where a flag disagrees with it; without a
+        config, 1 micro-batch per step and no checkpointing (nodes stay unchecked)."""
+        train = train or {}
+        defaults = {"grad_accum": 1, "activation_checkpointing": False}
+        values: dict[str, Any] = {}
+        for key in SCALE_KEYS:
+            flag, study = getattr(self, key), train.get(key)
+            if flag is not None and study is not None and flag != study:
+                raise ValueError(
+                    f"--{key.replace('_', '-')} {flag} disagrees with the config's "
+                    f"train.{key}: {study} (the config is the study's record; drop the flag)"
+                )
+            values[key] = flag if flag is not None else study
+            if values[key] is None and key in defaults:
+                values[key] = defaults[key]
+        return dataclasses.replace(self, **values)
+
+    @property
+    def world_size(self) -> int | None:
+        """The ranks the run must have (nodes x gpus_per_node), None when unchecked."""
+        if self.nodes is None or self.gpus_per_node is None:
+            return None
+        return self.nodes * self.gpus_per_node
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
@@ -85,8 +141,51 @@ class TrainConfig:
         return dict(sorted(d.items()))
 
     def schedule(self) -> dict[str, Any]:
-        """The optimiser settings recorded in meta.json."""
-        return {k: getattr(self, k) for k in TRAIN_KEYS}
+        """The optimiser and scale settings recorded in meta.json (``train``)."""
+        return {k: getattr(self, k) for k in TRAIN_KEYS + SCALE_KEYS}
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``SCALE_KEYS`` (unset: the config's value, with --config)."""
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        metavar="N",
+        help="micro-batches per optimizer step and rank (config train.grad_accum; default 1): "
+        "global batch = micro-batch x N x world size",
+    )
+    p.add_argument(
+        "--activation-checkpointing",
+        nargs="?",
+        const=True,
+        type=parse_bool,
+        metavar="BOOL",
+        help="recompute the backbone's activations in the backward pass: less memory, the "
+        "same gradients, ~1 more backbone forward per step (train.activation_checkpointing)",
+    )
+    p.add_argument(
+        "--nodes",
+        type=int,
+        metavar="N",
+        help="nodes the run must have (train.nodes); with --gpus-per-node, the job's world "
+        "size must be their product, else bfm train refuses to start",
+    )
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        metavar="G",
+        help="ranks per node the run must have: GPUs, or processes on CPU (train.gpus_per_node)",
+    )
+
+
+def parse_bool(text: str) -> bool:
+    """``true/yes/1/on`` or ``false/no/0/off`` (any case): what a shell passes for a bool."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def parse_weight(text: str | tuple[str, float]) -> tuple[str, float]:

@@ -17,6 +17,14 @@ for the SLURM host list and a free port) and tries, in order:
 An explicit MASTER_ADDR / MASTER_PORT in the environment always wins. ``init_distributed``
 exports the result as RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT and initialises
 DeepSpeed's process group (gloo on CPU, nccl on CUDA).
+
+Each rank trains on GPU ``local_rank % torch.cuda.device_count()`` (``device_index``): with
+``srun --gpu-bind=single:1`` (or any binding that leaves a task one GPU) every task sees its
+own GPU as cuda:0, without binding the tasks of a node share all of them. ``check_layout``
+refuses a job whose ranks are not the config's ``train.nodes`` x ``train.gpus_per_node``
+(the world size fixes the global batch); the ranks per node are read where the launcher says
+(LOCAL_WORLD_SIZE, SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE, OMPI_COMM_WORLD_LOCAL_SIZE,
+MPI_LOCALNRANKS).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class DistEnv:
     master_addr: str
     master_port: int
     launcher: str  # torchrun | slurm | openmpi | pmi | single
+    local_world_size: int | None = None  # ranks on this node, where the launcher says
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -66,6 +75,25 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
         return int(env[name])
     except ValueError as err:
         raise ValueError(f"distributed: {name}={env[name]!r} is not an integer") from err
+
+
+def _optional_int(env: Mapping[str, str], name: str) -> int | None:
+    return _int(env, name) if env.get(name) else None
+
+
+def slurm_tasks_per_node(env: Mapping[str, str]) -> int | None:
+    """Tasks on each node of this SLURM step when every node has the same number, from
+    SLURM_STEP_TASKS_PER_NODE (srun sets it for its tasks), else SLURM_NTASKS_PER_NODE, else
+    SLURM_TASKS_PER_NODE (``4(x2)`` -> 4; ``4,2`` -> None, uneven; None when unset)."""
+    text = env.get("SLURM_STEP_TASKS_PER_NODE", "")
+    if not text and env.get("SLURM_NTASKS_PER_NODE"):
+        return _int(env, "SLURM_NTASKS_PER_NODE")
+    text = text or env.get("SLURM_TASKS_PER_NODE", "")
+    counts = {part.split("(")[0] for part in text.split(",") if part}
+    if len(counts) != 1:
+        return None
+    (count,) = counts
+    return int(count) if count.isdigit() else None
 
 
 def slurm_hostnames(nodelist: str) -> list[str]:
@@ -136,6 +164,7 @@ def _slurm(env: Mapping[str, str], hostnames: Callable[[str], list[str]]) -> Dis
         addr,
         port,
         "slurm",
+        slurm_tasks_per_node(env),
     )
 
 
@@ -154,6 +183,7 @@ def discover(
             addr,
             port,
             "torchrun",
+            _optional_int(env, "LOCAL_WORLD_SIZE"),
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         return _slurm(env, hostnames)
@@ -166,11 +196,13 @@ def discover(
             addr,
             port,
             "openmpi",
+            _optional_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE"),
         )
     if "PMI_RANK" in env:
         addr, port = _master(env)
         local_rank = _int(env, "MPI_LOCALRANKID", _int(env, "PMI_LOCAL_RANK", 0))
-        return DistEnv(_int(env, "PMI_RANK"), _int(env, "PMI_SIZE"), local_rank, addr, port, "pmi")
+        return DistEnv(_int(env, "PMI_RANK"), _int(env, "PMI_SIZE"), local_rank, addr, port, "pmi",
+                       _optional_int(env, "MPI_LOCALNRANKS"))  # fmt: skip
     addr, port = _master(env, port=free_port)
     return DistEnv(0, 1, 0, addr, port, "single")
 
@@ -192,10 +224,36 @@ def backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def device_index(local_rank: int, visible: int) -> int:
+    """The GPU of a rank among the ``visible`` ones: ``local_rank % visible`` (one GPU bound
+    to each task: 0; all of the node's GPUs visible: the local rank)."""
+    if visible < 1:
+        raise ValueError(f"distributed: no GPU visible to local rank {local_rank}")
+    return local_rank % visible
+
+
 def device(d: DistEnv) -> torch.device:
-    return (
-        torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    )
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(f"cuda:{device_index(d.local_rank, torch.cuda.device_count())}")
+
+
+def check_layout(d: DistEnv, nodes: int | None, per_node: int | None) -> None:
+    """ValueError unless the job has ``nodes`` x ``per_node`` ranks (and ``per_node`` on each
+    node, where the launcher says); nothing to check when either is None (a run by hand)."""
+    if nodes is None or per_node is None:
+        return
+    where = f"the job ({d.launcher}) has {d.world_size} rank(s)"
+    if d.local_world_size is not None:
+        where += f", {d.local_world_size} per node"
+    wrong = d.world_size != nodes * per_node or d.local_world_size not in (None, per_node)
+    if wrong:
+        raise ValueError(
+            f"train.nodes={nodes} x train.gpus_per_node={per_node} = {nodes * per_node} "
+            f"rank(s), but {where}: the world size fixes the global batch, so start the job "
+            "with the config's layout or change train.nodes / train.gpus_per_node "
+            "(--nodes / --gpus-per-node)"
+        )
 
 
 def skip_cpu_shm_op() -> None:
@@ -214,7 +272,7 @@ def init_distributed(d: DistEnv) -> None:
 
     export(d)
     if torch.cuda.is_available():
-        torch.cuda.set_device(d.local_rank)
+        torch.cuda.set_device(device(d))
     else:
         skip_cpu_shm_op()
     deepspeed.init_distributed(dist_backend=backend(), auto_mpi_discovery=False, verbose=False)

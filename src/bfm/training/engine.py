@@ -1,10 +1,19 @@
 """The pieces the training loop is built from: DeepSpeed config and engine, the learning-rate
-schedule, the sample order, stop signals and the mean over ranks."""
+schedule, the sample order, stop signals and the mean over ranks.
+
+Gradient accumulation is a study setting (config ``train.grad_accum``, ``--grad-accum``):
+``load_ds_config`` writes it into DeepSpeed's ``gradient_accumulation_steps`` and refuses a
+DeepSpeed JSON that says otherwise, so the global batch (micro-batch x grad_accum x world
+size, ``batch_layout``) has one source. ZeRO stages 0-3 all take our torch AdamW (no
+JIT-built optimizer op); each rank runs on GPU ``local_rank % device_count`` (``--gpu-bind``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -12,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bfm.training import distributed
 from bfm.training.config import TrainConfig
 
 MIN_LR_RATIO = 0.1  # cosine decays to 10 % of the peak
@@ -34,7 +44,9 @@ def sample_indices(n: int, global_micro: int, micro: int, seed: int) -> list[int
     return out
 
 
-def load_ds_config(path: str | Path) -> dict[str, Any]:
+def load_ds_config(path: str | Path, grad_accum: int = 1) -> dict[str, Any]:
+    """The DeepSpeed JSON with ``gradient_accumulation_steps`` = ``grad_accum``; ValueError for
+    a JSON that brings an optimizer or schedule, or other accumulation steps."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--deepspeed: {path} does not exist")
@@ -48,9 +60,38 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
                 f"--deepspeed: {path} sets {key!r}; bfm train brings its own "
                 "AdamW and LR schedule (a config optimizer JIT-builds fused_adam)"
             )
+    own = cfg.get("gradient_accumulation_steps", grad_accum)
+    if own != grad_accum:
+        raise ValueError(
+            f"--deepspeed: {path} sets gradient_accumulation_steps={own!r} but "
+            f"train.grad_accum (--grad-accum) is {grad_accum}; set it in the config alone"
+        )
+    if "train_batch_size" in cfg:
+        raise ValueError(
+            f"--deepspeed: {path} sets train_batch_size; it follows from "
+            "train_micro_batch_size_per_gpu x train.grad_accum x the world size"
+        )
     cfg.setdefault("train_micro_batch_size_per_gpu", 1)
-    cfg.setdefault("gradient_accumulation_steps", 1)
+    cfg["gradient_accumulation_steps"] = grad_accum
     return cfg
+
+
+def batch_layout(ds_config: dict[str, Any], world_size: int, local_world_size: int | None,
+                 cfg: TrainConfig) -> dict[str, Any]:  # fmt: skip
+    """meta.json ``ranks``: the layout that trained the run and the global batch it implies
+    (nodes and GPUs per node as configured; as the launcher said when not configured)."""
+    micro = ds_config["train_micro_batch_size_per_gpu"]
+    ga = ds_config["gradient_accumulation_steps"]
+    per_node = cfg.gpus_per_node or local_world_size
+    nodes = cfg.nodes or (world_size // per_node if per_node else None)
+    return {
+        "world_size": world_size,
+        "nodes": nodes,
+        "gpus_per_node": per_node,
+        "micro_batch": micro,
+        "grad_accum": ga,
+        "global_batch": micro * ga * world_size,
+    }
 
 
 def precision(ds_config: dict[str, Any]) -> str:
@@ -76,8 +117,15 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict[str, 
             opt, lambda s: lr_at(s, cfg.lr, cfg.warmup_steps, cfg.steps) / cfg.lr
         )
 
+    # DeepSpeed would take cuda:LOCAL_RANK, which does not exist when each task sees one GPU.
+    args = None
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        args = argparse.Namespace(
+            device_rank=distributed.device_index(local_rank, torch.cuda.device_count())
+        )
     engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
+        args=args, model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
     )
     return engine
 

@@ -10,7 +10,9 @@ srun bfm train ...; see bfm.training.distributed for how ranks are found. A step
 optimizer step (gradient_accumulation_steps micro-batches of train_micro_batch_size_per_gpu
 samples on every rank). Samples are drawn from a per-epoch permutation fixed by the seed,
 indexed by the global sample counter, so a resumed run sees the same samples as an
-uninterrupted one. With --config (the workflow passes the study's), batches built under other
+uninterrupted one. DataLoader workers (config train.loader_workers, train.prefetch;
+bfm.training.data.MicroBatches) read and normalise them while the model computes. With
+--config (the workflow passes the study's), batches built under other
 settings than the config implies are refused.
 
 Outputs in --out (layout in bfm.training.checkpoint):
@@ -21,9 +23,10 @@ Outputs in --out (layout in bfm.training.checkpoint):
 - meta.json (build_meta): schema, created_at, bfm_version, git_commit, config_hash,
   settings_hash, config (the study's resolved config, else these settings), stats_path,
   stats_sha256, model {preset, backbone, drop_groups (--drop-group), config}, parameters,
-  deepspeed {path, zero_stage, precision, config}, world_size, steps_done, steps_target,
+  deepspeed {path, zero_stage, precision, config}, world_size, ranks {world_size, nodes,
+  gpus_per_node, micro_batch, grad_accum, global_batch}, steps_done, steps_target,
   complete, checkpoint, final_loss, batches (names), train {lr, warmup_steps, weight_decay,
-  checkpoint_every, seed}.
+  checkpoint_every, seed, grad_accum, activation_checkpointing, nodes, gpus_per_node}.
 - checkpoints/step_NNNNNN every --checkpoint-every steps, at the end and on a signal.
 
 Exit status: 0 when --steps are done (also for a finished run re-invoked, which only
@@ -52,29 +55,34 @@ from bfm.ablations import check_drop
 from bfm.cliutil import add_command, add_config_argument
 from bfm.contracts import catalogue
 from bfm.contracts.layout import Layout
-from bfm.contracts.sample import Sample
 from bfm.contracts.species_table import SpeciesTable, read_species_table
 from bfm.contracts.stats import load_stats
 from bfm.model import BACKBONES, BFM, PRESETS, ModelConfig, build_config, count_parameters
+from bfm.model.backbone import set_activation_checkpointing
 from bfm.model.loss import masked_loss
 from bfm.provenance import file_sha256, provenance
 from bfm.training import checkpoint, distributed
-from bfm.training.config import TrainConfig
-from bfm.training.data import BatchPairs
+from bfm.training.config import TrainConfig, add_scale_arguments
+from bfm.training.data import LOADER_KEYS, BatchPairs, MicroBatches, Order, open_loader
 from bfm.training.engine import (
     StopSignal,
     all_ok,
+    batch_layout,
     build_engine,
     load_ds_config,
     mean_over_ranks,
     precision,
-    sample_indices,
     sync_schedule,
     zero_stage,
 )
 from bfm.workflow import Plan, load_plan
 
 log = logging.getLogger("bfm.train")
+
+# config train.* keys that change how a run computes, not what: left out of its settings, so
+# that a run resumes (and is reused) whatever they say. Checkpointing recomputes activations:
+# the same loss and gradients (tests/test_scale_training.py).
+RUNTIME_KEYS = (*LOADER_KEYS, "activation_checkpointing")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -168,6 +176,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="run directory (results/models/<run>): checkpoints, metrics, meta.json",
     )
+    add_scale_arguments(p)
     add_config_argument(p, required=False)
     p.set_defaults(func=run)
 
@@ -190,6 +199,7 @@ class Run:
     data: BatchPairs
     model_config: ModelConfig
     model: BFM
+    loader: MicroBatches | None = None  # set by _train_loop (bfm.training.data)
 
     @property
     def dir(self) -> Path:
@@ -210,7 +220,8 @@ class Run:
         if self.cfg.drop_groups:
             model["drop_groups"] = list(self.dropped)
         return {"stats": self.plan.stats_settings(), "model": model,
-                "train": self.plan.config["train"]}  # fmt: skip
+                "train": {k: v for k, v in self.plan.config["train"].items()
+                          if k not in RUNTIME_KEYS}}  # fmt: skip
 
     @property
     def dropped(self) -> tuple[str, ...]:
@@ -247,6 +258,7 @@ def build_meta(run: Run, step: int, world_size: int) -> dict[str, Any]:
             "config": ds,
         },
         "world_size": world_size,
+        "ranks": batch_layout(ds, world_size, run.dist.local_world_size, cfg),
         "steps_done": step,
         "steps_target": cfg.steps,
         "complete": step >= cfg.steps,
@@ -272,13 +284,10 @@ def check_same_model(run_dir: Path, cfg: ModelConfig) -> None:
 def train_step(engine: Any, run: Run, first_micro: int, dtype: torch.dtype) -> float:
     """One optimizer step over the accumulation micro-batches; the mean loss on this rank."""
     ga = engine.gradient_accumulation_steps()
-    micro = engine.train_micro_batch_size_per_gpu()
-    world, rank = run.dist.world_size, run.dist.rank
+    assert run.loader is not None, "_train_loop opens the loader"
     losses = []
-    for m in range(ga):
-        g = (first_micro + m) * world + rank
-        samples = [run.data[i] for i in sample_indices(len(run.data), g, micro, run.cfg.seed)]
-        batch = Sample.collate(samples).to(engine.device, dtype)
+    for m in range(ga):  # the loader's workers read the next micro-batches meanwhile
+        batch = run.loader.get(first_micro + m).to(engine.device, dtype)
         pred = engine(batch.input)
         loss = masked_loss(
             pred,
@@ -335,8 +344,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     # --- setup: ranks, lock, data, model ------------------------------------------------
     prefer_cpu_accelerator()
     dist = distributed.discover(os.environ)
-    ds_config = load_ds_config(cfg.deepspeed)
     plan = load_plan(cfg.config)
+    cfg = cfg.with_study(plan.config["train"] if plan is not None else None)
+    distributed.check_layout(dist, cfg.nodes, cfg.gpus_per_node)  # before any rank waits
+    ds_config = load_ds_config(cfg.deepspeed, cfg.grad_accum or 1)
     if dist.world_size > 1:
         distributed.init_distributed(dist)  # the lock needs every rank's answer
     with run_lock(cfg, dist):
@@ -351,6 +362,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             use_species_table=cfg.use_species_table)  # fmt: skip
         torch.manual_seed(cfg.seed)
         model = BFM(model_config, data.norm, table)
+        set_activation_checkpointing(model, bool(cfg.activation_checkpointing))
         check_same_model(Path(cfg.out), model_config)
         state = Run(cfg, plan, dist, ds_config, data, model_config, model)
         done = checkpoint.steps_done(state.dir)
@@ -396,6 +408,11 @@ def _train_loop(run: Run) -> TrainResult:
         )
     ga = engine.gradient_accumulation_steps()
     per_step = engine.train_micro_batch_size_per_gpu() * ga
+    order = Order(len(run.data), engine.train_micro_batch_size_per_gpu(), cfg.seed,
+                  dist.world_size, dist.rank)  # fmt: skip
+    run.loader = open_loader(run.data, run.plan.config["train"] if run.plan else {}, order,
+                             start * ga, cfg.steps * ga,
+                             torch.device(engine.device).type == "cuda")  # fmt: skip
     # In a log file (SLURM, Snakemake) a bar redrawn 10 times a second is noise.
     bar = tqdm(
         total=cfg.steps,
@@ -434,6 +451,7 @@ def _train_loop(run: Run) -> TrainResult:
                 if step == cfg.steps:
                     checkpoint.publish(run.dir, meta)
     bar.close()
+    run.loader.close()
     if signum:
         log.warning(
             "stopped by signal %d after step %d; checkpoint saved, resume by re-running",
