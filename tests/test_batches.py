@@ -127,7 +127,8 @@ def test_batch_across_a_month_boundary_holds_the_tile_values(tiles, tmp_path):
 def test_missing_month_is_refused_naming_the_time(tiles, tmp_path, caplog):
     out = tmp_path / "20100131T00.h5"
     assert cli.main(batch_args(tiles, "20100131T00", ["2010-01"], out)) == 1
-    assert "era5_surface: tiles lack time(s) ['2010-02-01 00:00:00']" in caplog.text
+    assert "era5_surface: tiles [" in caplog.text
+    assert "2010-01.nc'] lack time(s) ['2010-02-01 00:00:00']" in caplog.text
     assert not out.exists()
 
 
@@ -160,3 +161,66 @@ def test_tiles_of_other_settings_are_refused(tiles, tmp_path, caplog):
     assert cli.main(batch_args(tiles, "20100130T00", ["2010-01"], out, other)) == 1
     assert "era5_surface/2010-01.nc: built under other settings" in caplog.text
     assert not out.exists()
+
+
+def month_args(d: Path, period: str, lists: Path, *extra: str) -> list[str]:
+    args = ["batches", "--period", period, "--config", str(d / "config.yaml"),
+            "--out-dir", str(lists.parent), *extra]  # fmt: skip
+    for split in ("train", "eval"):
+        args += [f"--{split}-list", str(lists / f"{period}.{split}.txt")]
+    for modality, paths in month_tiles(d).items():
+        args += ["--tile", f"{modality}={','.join(paths)}"]
+    return args
+
+
+def month_tiles(d: Path) -> dict[str, list[str]]:
+    """Every modality's tiles of January and February (static: its one)."""
+    out = {}
+    for modality in RAW:
+        periods = ["2010-01", "2010-02"] if catalogue.modality(modality).periodic else ["static"]
+        out[modality] = [f"{d}/{modality}/{p}.nc" for p in periods]
+    return out
+
+
+def test_a_month_job_builds_the_same_batches_reading_each_time_once(tiles, tmp_path, caplog):
+    from bfm.pipeline.batches import build_month
+
+    lists = tmp_path / "out/lists"
+    assert cli.main(month_args(tiles, "2010-01", lists)) == 0
+    # Jan 30 and 31 start in January; the second ends in February, whose tile it reads.
+    assert (lists / "2010-01.train.txt").read_text().splitlines() == [
+        f"{tmp_path}/out/20100130T00.h5", f"{tmp_path}/out/20100131T00.h5"]  # fmt: skip
+    assert (lists / "2010-01.eval.txt").read_text() == ""
+    for t0, periods in (("20100130T00", ["2010-01"]), ("20100131T00", ["2010-01", "2010-02"])):
+        alone = tmp_path / f"alone/{t0}.h5"
+        assert cli.main(batch_args(tiles, t0, periods, alone)) == 0
+        a, b = read_batch(alone), read_batch(tmp_path / f"out/{t0}.h5")
+        assert a.times == b.times and a.attrs["settings_hash"] == b.attrs["settings_hash"]
+        for g in a.groups:
+            for v in a.groups[g]:
+                np.testing.assert_array_equal(a.groups[g][v], b.groups[g][v])
+    # Split at eval_start (2010-02-02): February's batches are held out.
+    assert cli.main(month_args(tiles, "2010-02", lists)) == 0
+    assert (lists / "2010-02.train.txt").read_text() == ""
+    assert len((lists / "2010-02.eval.txt").read_text().splitlines()) == 2
+
+    plan = Plan(yaml.safe_load((tiles / "config.yaml").read_text()))
+    tile_args = month_tiles(tiles)
+    out = {"train": lists / "again.txt"}
+    # Up to date: kept, and nothing is read; a newer tile or --force rebuilds.
+    assert build_month("2010-01", tile_args, plan, tmp_path / "out", out)["kept"] == 2
+    counts = build_month("2010-01", tile_args, plan, tmp_path / "out", out, force=True)
+    assert counts == {"built": 2, "kept": 0, "slices": 3}  # Jan 30, 31, Feb 1: once each
+    os.utime(tiles / "era5_surface/2010-02.nc")
+    try:
+        counts = build_month("2010-01", tile_args, plan, tmp_path / "out", out)
+    finally:
+        os.utime(tiles / "era5_surface/2010-02.nc", (0, 0))  # older than every batch again
+    assert counts["built"] == 2
+    # The lists are arguments: @FILE stands for the paths it holds.
+    stats = tmp_path / "partial.json"
+    assert cli.main(["stats", "partial", "--batches", f"@{lists / '2010-01.train.txt'}",
+                     "--config", str(tiles / "config.yaml"), "--out", str(stats)]) == 0  # fmt: skip
+    assert stats.exists()
+    assert cli.main(month_args(tiles, "2009-12", lists)) == 1
+    assert "--period: no batch of the study starts in '2009-12'" in caplog.text

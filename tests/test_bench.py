@@ -33,3 +33,31 @@ def test_bench_model_reports_step_cost_memory_flops_and_the_loader(tmp_path, cap
 def test_bench_model_rejects_a_malformed_grid(caplog):
     assert main(["bench", "model", "--grid", "153by321", "--loader-batches", "0"]) == 1
     assert "--grid: expected HxW (e.g. 153x321), got '153by321'" in caplog.text
+
+
+def test_bench_batches_measures_a_month_job_against_dd_and_projects_the_study(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "batches", "--grid", "9x11", "--days", "4", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for phrase in ("CPU s per batch amortised", "month boundary", "x dd's time", "projection"):
+        assert phrase in text, text
+    figures = json.loads(out.read_text())
+    assert figures["batches"] == 4 and figures["grid"] == [9, 11]
+    assert figures["job"]["rss"] > 0 and figures["dd_seconds"] > 0
+    assert figures["stats_partial"]["cpu"] > 0
+    assert figures["projection"]["batches"] == round(21 * 365.25)
+
+
+def test_bench_dag_times_two_windows_of_the_study(tmp_path, capsys, monkeypatch):
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "d.json"
+    assert main(["bench", "dag", "--configfile", "config/config.yaml", "--step", "1D",
+                 "--workdir", str(tmp_path), "--json", str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "snakemake -n" in text and "time ratio short/full" in text, text
+    (case,) = json.loads(out.read_text())
+    # the demo's two months: the short window is one year of the same months
+    assert case["full"]["jobs"]["batches"] == 2 and case["short"]["jobs"]["batches"] == 2
+    assert case["full"]["seconds"] > 0 and case["ratio"] > 0

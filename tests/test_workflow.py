@@ -45,6 +45,25 @@ def test_plan_splits_and_periods():
         f"results/batches/201002{d:02d}T00.h5" for d in range(1, 17)
     ]
     assert plan.train_periods() == ["2010-01", "2010-02"]
+    # One job per month builds its batches and lists them per split.
+    assert plan.batch_months() == ["2010-01", "2010-02"] and plan.batch_months("eval") == [
+        "2010-02"
+    ]
+    assert plan.month_batches("2010-02", "eval") == held_out
+    assert plan.batch_lists("train") == [
+        "results/batches/lists/2010-01.train.txt",
+        "results/batches/lists/2010-02.train.txt",
+    ]
+    assert plan.first_batch_lists("eval", 3) == ["results/batches/lists/2010-02.eval.txt"]
+    # January's last batch ends in February; February's last ends in February.
+    assert plan.month_tiles("2010-01")["era5_surface"] == [
+        "results/tiles/era5_surface/2010-01.nc",
+        "results/tiles/era5_surface/2010-02.nc",
+    ]
+    assert plan.month_tiles("2010-02")["era5_surface"] == ["results/tiles/era5_surface/2010-02.nc"]
+    assert plan.month_tiles("2010-02")["era5_static"] == ["results/tiles/era5_static/static.nc"]
+    with pytest.raises(ValueError, match="no batch starts in 2010-03"):
+        plan.month_tiles("2010-03")
 
 
 def test_plan_monthly_and_six_hourly_steps():

@@ -51,6 +51,18 @@ TABLE_DIMS = (64, 64, 64, 64)  # image, audio, eDNA, text embedding widths of th
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}
 
 
+OVERVIEW = """bfm bench: the pipeline's performance figures, each as ratios measured in the same run
+(against dd, against a shorter window, against one worker), so that anyone can rerun them.
+
+    bfm bench dag       snakemake -n of the 2000-2020 study at 1D and 6h; growth with the window
+    bfm bench tiles     species and atmospheric tiles: CPU, peak memory, rows read per month
+    bfm bench batches   a month of batches: CPU per batch, MB, memory, against dd; projection
+    bfm bench loader    the training loader: samples/s for 0, 1, 2 workers; compressions
+    bfm bench model     a training step: seconds, memory, FLOPs (MFU on a GPU)
+
+bfm bench BENCH --help explains each one."""
+
+
 @dataclass(frozen=True)
 class Case:
     preset: str
@@ -280,7 +292,7 @@ def _run_model(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "bench", __doc__, "benchmarks: model step cost, loader throughput")
+    p = add_command(sub, "bench", OVERVIEW, "benchmarks: dag, tiles, batches, loader, model")
     actions = p.add_subparsers(title="benchmarks", metavar="BENCH", required=True)
     m = actions.add_parser(
         "model",
@@ -324,3 +336,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--workers", type=int, default=2, help="loader worker processes (default 2)")
     m.add_argument("--json", default=None, help="also write the figures to this JSON file")
     m.set_defaults(func=_run_model)  # fmt: skip
+    # The other benchmarks, each in a module of its own (one figure set each).
+    from bfm import bench_batches, bench_dag, bench_loader, bench_tiles
+
+    for module in (bench_dag, bench_tiles, bench_batches, bench_loader):
+        module.register(actions)

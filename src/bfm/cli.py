@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 
 from bfm import __version__
 
@@ -22,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "combine": ("bfm.pipeline.raw:register_combine", "combine other sources' raw files"),
     "tile": ("bfm.pipeline.tiles", "regrid raw source files into a CF NetCDF tile"),
     "batch": ("bfm.pipeline.batches", "assemble one bfm-batch/1 HDF5 file from tiles"),
+    "batches": ("bfm.pipeline.batches:register_month", "assemble every batch of one month"),
     "stats": ("bfm.pipeline.stats", "normalisation statistics over training batches"),
     "climatology": ("bfm.evaluation.climatology", "per-cell day-of-year climatology of training"),
     "species": ("bfm.pipeline.species", "the species table of the study"),
@@ -31,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "species-glm": ("bfm.evaluation.species_glm", "Poisson GLM baseline of the species scores"),
     "finetune": ("bfm.evaluation.sdm", "species distribution models on the BFM vs GLM, MaxEnt"),
     "report": ("bfm.report", "figures and tables for the Snakemake report"),
-    "bench": ("bfm.bench", "benchmarks: model step cost, loader throughput"),
+    "bench": ("bfm.bench", "benchmarks: dag, tiles, batches, loader, model"),
 }
 
 
@@ -47,7 +49,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="bfm",
         description="Biodiversity Foundation Model pipeline: sources -> tiles -> batches -> "
         "statistics -> training -> evaluation -> report. Usually run by Snakemake "
-        "(see README.md); every step can also be run by hand: bfm STEP --help.",
+        "(see README.md); every step can also be run by hand: bfm STEP --help. "
+        "@FILE anywhere on the line stands for the arguments FILE lists, one per line (the "
+        "workflow passes the month lists of batches, results/batches/lists/, so).",
+        fromfile_prefix_chars="@",
     )
     parser.add_argument("--version", action="version", version=f"bfm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -80,12 +85,31 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    began = time.perf_counter()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:
         # Bad input: one clear line naming the file/field and the rule, no traceback.
         logging.getLogger("bfm").error("%s", err)
         return 1
+    # Every job's log ends with what it cost (the Snellius profile's resources are sized from
+    # these lines, and bfm bench reads them).
+    logging.getLogger("bfm").info(
+        "bfm %s: %.1f s, %.1f CPU s, peak memory %.2f GiB", command, time.perf_counter() - began,
+        time.process_time(), peak_memory() / 2**30)  # fmt: skip
+    return code
+
+
+def peak_memory() -> int:
+    """This process's peak resident memory in bytes (VmHWM: from its exec on, unlike
+    ru_maxrss, which counts a forked child's parent pages too); 0 where /proc is missing."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 if __name__ == "__main__":

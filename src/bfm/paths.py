@@ -24,3 +24,8 @@ def raw_path(root: str | Path, source: str, name: str) -> Path:
 def batch_path(root: str | Path, t0: str) -> Path:
     """``<root>/<t0>.h5`` with t0 written ``YYYYMMDDTHH``."""
     return Path(root) / f"{t0}.h5"
+
+
+def batch_list_path(root: str | Path, period: str, split: str) -> Path:
+    """``<root>/lists/<period>.<split>.txt``: the batches of a split starting in a month."""
+    return Path(root) / "lists" / f"{period}.{split}.txt"

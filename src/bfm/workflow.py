@@ -13,8 +13,8 @@ under ``sources`` (``catalogue.active``). Everything here is cheap: it parses no
 
 from __future__ import annotations
 
+import copy
 import os
-from collections import defaultdict
 from functools import cached_property
 from typing import Any
 
@@ -42,6 +42,7 @@ class Plan:
         self.start, self.end, self.step = t["start"], t["end"], t["step"]
         self.eval_start = pd.Timestamp(t["eval_start"])
         self.study = Study.from_config(self.config)
+        self._tile_settings: dict[str, dict[str, Any]] = {}  # per modality, computed once
 
     @cached_property
     def hash(self) -> str:
@@ -87,8 +88,7 @@ class Plan:
     def batch_names(self, split: str = "all") -> list[str]:
         """t0 names of the batches in a split: all, train (both times before eval_start:
         ``timeaxis.in_training``) or eval (the others)."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r} ({', '.join(SPLITS)})")
+        _check_split(split)
         return list(self._names[split])
 
     def tile_periods(self, modality: Modality) -> list[str]:
@@ -185,7 +185,12 @@ class Plan:
 
     def tile_settings(self, modality: Modality | str) -> dict[str, Any]:
         """The config keys a tile of ``modality`` depends on (any period)."""
-        modality = _modality(modality)
+        name = modality if isinstance(modality, str) else modality.name
+        if name not in self._tile_settings:
+            self._tile_settings[name] = self._settings_of_tile(_modality(modality))
+        return copy.deepcopy(self._tile_settings[name])
+
+    def _settings_of_tile(self, modality: Modality) -> dict[str, Any]:
         src = sources.get(modality.source)
         names = src.raw_names(modality, self.tile_periods(modality)[0], self.study)
         out: dict[str, Any] = {
@@ -230,20 +235,71 @@ class Plan:
     def batch(self, t0: str) -> str:
         return str(paths.batch_path(paths.BATCHES, t0))
 
-    # --- statistics and training ------------------------------------------------------------
+    # --- month jobs ----------------------------------------------------------------------
+    # The batches of one month are built by one job (``bfm batches``), which writes a list
+    # of them per split; every rule that reads batches takes those lists (one file per month,
+    # not thousands of paths), so the DAG grows with months, not with batches.
     @cached_property
-    def _train_by_period(self) -> dict[str, list[str]]:
-        # Built once: a month's batches are looked up per stats job (no per-batch parsing).
-        index: dict[str, list[str]] = defaultdict(list)
-        for t0 in self._names["train"]:
-            index[f"{t0[:4]}-{t0[4:6]}"].append(self.batch(t0))
-        return dict(index)
+    def _by_month(self) -> dict[str, dict[str, list[str]]]:
+        # Built once from the names (no per-batch date parsing in any per-month lookup).
+        index: dict[str, dict[str, list[str]]] = {}
+        for split in ("train", "eval"):
+            for t0 in self._names[split]:
+                month = index.setdefault(f"{t0[:4]}-{t0[4:6]}", {s: [] for s in SPLITS})
+                month[split].append(t0)
+                month["all"].append(t0)
+        return {p: index[p] for p in sorted(index)}
 
+    def batch_months(self, split: str = "all") -> list[str]:
+        """The months in which batches of ``split`` start, in order."""
+        _check_split(split)
+        return [p for p, names in self._by_month.items() if names[split]]
+
+    def month_batches(self, period: str, split: str = "all") -> list[str]:
+        """t0 names of the batches of ``split`` that start in month ``period``."""
+        _check_split(split)
+        return list(self._by_month.get(period, {}).get(split, []))
+
+    def batch_list(self, period: str, split: str) -> str:
+        """The file listing the batches of ``split`` that start in ``period``, one path a
+        line (written by the month's ``bfm batches`` job; read by ``--batches @FILE``)."""
+        return str(paths.batch_list_path(paths.BATCHES, period, split))
+
+    def batch_lists(self, split: str) -> list[str]:
+        """The month lists that together name every batch of ``split``, in time order."""
+        return [self.batch_list(p, split) for p in self.batch_months(split)]
+
+    def first_batch_lists(self, split: str, n: int) -> list[str]:
+        """The month lists holding the first ``n`` batches of ``split``."""
+        out, count = [], 0
+        for p in self.batch_months(split):
+            if count >= n:
+                break
+            out.append(self.batch_list(p, split))
+            count += len(self._by_month[p][split])
+        return out
+
+    def month_tiles(self, period: str) -> dict[str, list[str]]:
+        """Tile paths per modality that the batches of month ``period`` read: the month's,
+        and the next month's when its last batch ends there."""
+        names = self.month_batches(period)
+        if not names:
+            raise ValueError(
+                f"no batch starts in {period} (the window is {self.start}..{self.end})"
+            )
+        periods = sorted({*self.batch_periods(names[0]), *self.batch_periods(names[-1])})
+        return {
+            m.name: [self.tile(m, p) for p in (periods if m.periodic else [STATIC_PERIOD])]
+            for m in self.modalities
+        }
+
+    # --- statistics and training ------------------------------------------------------------
     def train_periods(self) -> list[str]:
-        return sorted(self._train_by_period)
+        """The months with training batches: one statistics partial each."""
+        return self.batch_months("train")
 
     def train_batches_in(self, period: str) -> list[str]:
-        return list(self._train_by_period.get(period, []))
+        return [self.batch(t0) for t0 in self.month_batches(period, "train")]
 
     def stats_settings(self) -> dict[str, Any]:
         settings = {
@@ -294,6 +350,11 @@ class Plan:
         if not self.ablations:
             return {}
         return {FULL_MODEL: self.config["run"], **{v.name: v.run for v in self.ablations}}
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} ({', '.join(SPLITS)})")
 
 
 def canonical(value: Any) -> Any:

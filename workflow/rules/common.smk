@@ -113,8 +113,22 @@ def get_batch_tile_args(wildcards, input):
     return " ".join(f"--tile {m}={','.join(input[m])}" for m in PLAN.batch_tiles(wildcards.t0))
 
 
+def get_month_tiles(wildcards):
+    return PLAN.month_tiles(wildcards.period)
+
+
+def get_month_tile_args(wildcards, input):
+    return " ".join(f"--tile {m}={','.join(input[m])}" for m in PLAN.month_tiles(wildcards.period))
+
+
+def at_files(name):
+    """Input ``name`` (month lists of batches) as @FILE arguments: bfm reads the paths each
+    file lists, so a job's command line and log name months, not thousands of batches."""
+    return lambda wildcards, input: " ".join(f"@{p}" for p in input[name])
+
+
 def get_stats_partial_batches(wildcards):
-    return PLAN.train_batches_in(wildcards.period)
+    return [PLAN.batch_list(wildcards.period, "train")]
 
 
 def get_stats_partials(wildcards):
@@ -122,11 +136,11 @@ def get_stats_partials(wildcards):
 
 
 def get_train_batches(wildcards):
-    return [PLAN.batch(t0) for t0 in PLAN.batch_names("train")]
+    return PLAN.batch_lists("train")
 
 
 def get_eval_batches(wildcards):
-    return [PLAN.batch(t0) for t0 in PLAN.batch_names("eval")]
+    return PLAN.batch_lists("eval")
 
 
 def get_species_glm(wildcards):
@@ -140,14 +154,13 @@ def sdm_sets():
 
 
 def get_all_batches(wildcards):
-    return [PLAN.batch(t0) for t0 in PLAN.batch_names()]
+    return PLAN.batch_lists("train") + PLAN.batch_lists("eval")
 
 
 def get_predict_batches(wildcards):
-    """The first evaluation.leads + 1 held-out batches: bfm predict's start and the batches
-    at its rollout's later input times (their static groups)."""
-    n = config["evaluation"]["leads"] + 1
-    return [PLAN.batch(t0) for t0 in PLAN.batch_names("eval")[:n]]
+    """The month lists holding the first evaluation.leads + 1 held-out batches: bfm predict's
+    start and the batches at its rollout's later input times (their static groups)."""
+    return PLAN.first_batch_lists("eval", config["evaluation"]["leads"] + 1)
 
 
 def sdm_heads():

@@ -6,7 +6,7 @@ rule climatology:
     """Per cell, per day of year (and hour): the mean of the training batches, smoothed over
     evaluation.climatology_window_days."""
     input:
-        get_train_batches,
+        batches=get_train_batches,
     output:
         CLIMATOLOGY,
     log:
@@ -16,8 +16,10 @@ rule climatology:
     params:
         settings=PLAN.climatology_settings(),
         config=get_config_file,
+        batches=at_files("batches"),
     shell:
-        "bfm climatology --batches {input} --config {params.config} --out {output}" " > {log} 2>&1"
+        "bfm climatology --batches {params.batches} --config {params.config} --out {output}"
+        " > {log} 2>&1"
 
 
 rule evaluate:
@@ -41,8 +43,9 @@ rule evaluate:
         model=get_run_dir_of_input,
         config=get_config_file,
         glm=lambda wildcards, input: f"--glm {input.glm}" if input.glm else "",
+        batches=at_files("batches"),
     shell:
-        "bfm evaluate --model {params.model} --batches {input.batches}"
+        "bfm evaluate --model {params.model} --batches {params.batches}"
         " --climatology {input.climatology} {params.glm} --config {params.config}"
         " --out {output.scores} > {log} 2>&1"
 
@@ -69,8 +72,9 @@ rule predict:
         noise=config["evaluation"]["noise"],
         options=get_predict_options,
         config=get_config_file,
+        batches=at_files("batches"),
     shell:
-        "bfm predict --model {params.model} --batches {input.batches} --leads {params.leads}"
+        "bfm predict --model {params.model} --batches {params.batches} --leads {params.leads}"
         " --members {params.members} --noise {params.noise} {params.options}"
         " --config {params.config} --out {output} > {log} 2>&1"
 

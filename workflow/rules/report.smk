@@ -96,8 +96,10 @@ rule report_forecast_maps:
         "logs/report_forecast_maps/{run}.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        batches=at_files("batches"),
     shell:
-        "bfm report forecast-maps --forecast {input.forecast} --batches {input.batches}"
+        "bfm report forecast-maps --forecast {input.forecast} --batches {params.batches}"
         " --out {output} > {log} 2>&1"
 
 

@@ -24,8 +24,9 @@ rule finetune:
         model=get_run_dir_of_input,
         config=get_config_file,
         settings=lambda wildcards: config["sdm"],
+        batches=at_files("batches"),
     shell:
-        "bfm finetune --model {params.model} --batches {input.batches}"
+        "bfm finetune --model {params.model} --batches {params.batches}"
         " --species-list {input.species} --set {wildcards.set} --jobs {threads}"
         " --config {params.config} --out results/sdm/{wildcards.run}/{wildcards.set}"
         " > {log} 2>&1"
@@ -35,7 +36,7 @@ rule species_glm:
     """The GLM baseline of the species scores: a Poisson GLM per count channel on the
     environmental covariates, fitted on the training pairs (bfm.evaluation.species_glm)."""
     input:
-        get_train_batches,
+        batches=get_train_batches,
     output:
         SPECIES_GLM,
     log:
@@ -44,5 +45,7 @@ rule species_glm:
         "../../envs/train.yaml"
     params:
         config=get_config_file,
+        batches=at_files("batches"),
     shell:
-        "bfm species-glm --batches {input} --config {params.config} --out {output}" " > {log} 2>&1"
+        "bfm species-glm --batches {params.batches} --config {params.config} --out {output}"
+        " > {log} 2>&1"

@@ -4,7 +4,7 @@
 rule stats_partial:
     """Partial sums over the training batches that start in one month."""
     input:
-        get_stats_partial_batches,
+        batches=get_stats_partial_batches,
     output:
         "results/stats/partial/{period}.json",
     log:
@@ -14,8 +14,9 @@ rule stats_partial:
     params:
         settings=PLAN.stats_settings(),
         config=get_config_file,
+        batches=at_files("batches"),
     shell:
-        "bfm stats partial --batches {input} --config {params.config} --out {output}"
+        "bfm stats partial --batches {params.batches} --config {params.config} --out {output}"
         " > {log} 2>&1"
 
 

@@ -34,8 +34,9 @@ rule train:
         out=get_run_dir_of_output,
         config=get_config_file,
         options=get_train_options,
+        batches=at_files("batches"),
     shell:
-        "{resources.mpi} bfm train --batches {input.batches} --stats {input.stats}"
+        "{resources.mpi} bfm train --batches {params.batches} --stats {input.stats}"
         " --deepspeed {input.deepspeed} --preset {params.model[preset]}"
         " --backbone {params.backbone} --steps {params.train[steps]}"
         " --lr {params.train[lr]} --warmup-steps {params.train[warmup_steps]}"

@@ -8,12 +8,22 @@ so a batch never mixes stale tiles into a new study.
 
 Pure part: assemble() turns opened tile datasets into a Batch. I/O part: build_batch() opens
 exactly the tiles it is given and writes the batch atomically.
+
+bfm batches: every batch that starts in one month, in one job (the workflow's rule
+``batches``). Each tile is opened once for the whole month (``TileReader``); a batch reads
+only its two time slices, each slice is read once (a batch's t1 is the next one's t0), and a
+batch at the month's end reads its second time from the next month's tile. A batch already
+there, built under the same settings and newer than every tile it reads, is kept (a failed
+job's rerun resumes; ``--force`` rebuilds). At the end the job writes the month's list of
+batches per split (train, eval), one path a line: the lists are its declared outputs.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +38,7 @@ from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.grid import Grid
 from bfm.contracts.tile import SPECIES_KEY, open_tile
 from bfm.contracts.timeaxis import next_time, parse_t0
+from bfm.fileio import write_text_atomic
 from bfm.provenance import provenance
 from bfm.workflow import Plan, load_plan
 
@@ -77,30 +88,69 @@ def assemble(t0: pd.Timestamp, step: str, grid: Grid, tiles: Mapping[str, xr.Dat
     return Batch(times=times, step=step, grid=grid, levels=levels, species=species, groups=groups)
 
 
-def _open_tiles(modality: str, paths: Sequence[str | Path], plan: Plan) -> xr.Dataset:
-    expected = plan.tile_settings_hash(catalogue.modality(modality))
-    parts = []
-    try:
-        for path in sorted(paths):
-            ds = open_tile(path, modality)
-            parts.append(ds)
-            if ds.attrs["settings_hash"] != expected:
-                raise ValueError(
-                    f"{path}: built under other settings than the config implies for "
-                    f"{modality} (settings_hash {ds.attrs['settings_hash'][:12]}, expected "
-                    f"{expected[:12]}): rerun the workflow, which rebuilds it"
-                )
-    except BaseException:
-        for ds in parts:
+class TileReader:
+    """The tiles of one modality, opened once: any time's slice, each read from disk once
+    while it is one of the last two asked for (consecutive batches share a time)."""
+
+    def __init__(self, modality: str, paths: Sequence[str | Path], plan: Plan) -> None:
+        self.modality = catalogue.modality(modality)
+        self.paths = [Path(p) for p in sorted(paths)]
+        self.datasets: list[xr.Dataset] = []
+        try:
+            for path in self.paths:
+                self.datasets.append(_open_checked(modality, path, plan))
+        except BaseException:
+            self.close()
+            raise
+        self.where: dict[pd.Timestamp, tuple[int, int]] = {}
+        if self.modality.periodic:
+            for k, ds in enumerate(self.datasets):
+                for i, t in enumerate(pd.DatetimeIndex(ds["time"].values)):
+                    self.where.setdefault(t, (k, i))
+        else:  # a static tile is read once, whole
+            self.datasets = [ds.load() for ds in self.datasets]
+        self._recent: dict[pd.Timestamp, xr.Dataset] = {}
+        self.reads = 0  # time slices read from disk
+
+    def at(self, times: Sequence[pd.Timestamp]) -> xr.Dataset:
+        """The tile at ``times`` (periodic; a static tile as it is)."""
+        if not self.modality.periodic:
+            return self.datasets[0]
+        missing = [str(t) for t in times if t not in self.where]
+        if missing:
+            have = sorted(self.where)
+            raise ValueError(f"{self.modality.name}: tiles {[str(p) for p in self.paths]} lack "
+                             f"time(s) {missing} (have {have[0]}..{have[-1]})")  # fmt: skip
+        slices = []
+        for t in times:
+            if t not in self._recent:
+                k, i = self.where[t]
+                self._recent[t] = self.datasets[k].isel(time=[i]).load()
+                self.reads += 1
+            slices.append(self._recent[t])
+        for t in [t for t in self._recent if t not in times]:
+            del self._recent[t]
+        return slices[0] if len(slices) == 1 else xr.concat(slices, dim="time", data_vars="all")
+
+    def close(self) -> None:
+        for ds in self.datasets:
             ds.close()
-        raise
-    return parts[0] if len(parts) == 1 else xr.concat(parts, dim="time", data_vars="all")
 
 
-def build_batch(
-    t0: str, tile_paths: Mapping[str, Sequence[str | Path]], out: str | Path, plan: Plan
-) -> Path:
-    start = parse_t0(t0)
+def _open_checked(modality: str, path: str | Path, plan: Plan) -> xr.Dataset:
+    ds = open_tile(path, modality)
+    expected = plan.tile_settings_hash(catalogue.modality(modality))
+    if ds.attrs["settings_hash"] != expected:
+        ds.close()
+        raise ValueError(
+            f"{path}: built under other settings than the config implies for "
+            f"{modality} (settings_hash {ds.attrs['settings_hash'][:12]}, expected "
+            f"{expected[:12]}): rerun the workflow, which rebuilds it"
+        )
+    return ds
+
+
+def _check_modalities(tile_paths: Mapping[str, Sequence[str | Path]], plan: Plan) -> None:
     wanted = {m.name for m in plan.modalities}
     missing, extra = sorted(wanted - set(tile_paths)), sorted(set(tile_paths) - wanted)
     if missing or extra:
@@ -108,14 +158,87 @@ def build_batch(
             f"--tile: the study's modalities are {sorted(wanted)}; missing "
             f"{missing}, not in the study {extra}"
         )
-    tiles: dict[str, xr.Dataset] = {}
+
+
+def _up_to_date(path: Path, tiles: Sequence[Path], settings_hash: str) -> bool:
+    """``path`` exists, was built under ``settings_hash`` and is newer than every tile."""
+    from bfm.contracts.batch import batch_attrs
+
+    try:
+        built = path.stat().st_mtime
+        if any(t.stat().st_mtime > built for t in tiles):
+            return False
+        return batch_attrs(path)[1] == settings_hash
+    except (OSError, ValueError):
+        return False
+
+
+def build_month(
+    period: str,
+    tile_paths: Mapping[str, Sequence[str | Path]],
+    plan: Plan,
+    out_dir: str | Path,
+    lists: Mapping[str, str | Path],
+    force: bool = False,
+) -> dict[str, int]:
+    """Every batch starting in ``period`` (the plan's), then the lists per split of ``lists``
+    (split -> path). Counts of built and kept batches, and of time slices read per
+    periodic modality (``slices``: each at most once)."""
+    names = plan.month_batches(period)
+    if not names:
+        raise ValueError(f"--period: no batch of the study starts in {period!r}")
+    _check_modalities(tile_paths, plan)
+    out_dir = Path(out_dir)
+    settings = plan.batch_settings()
+    prov = provenance(plan.config, settings)
+    tiles_read = [Path(p) for ps in tile_paths.values() for p in ps]
+    readers: dict[str, TileReader] = {}
+    counts = {"built": 0, "kept": 0, "slices": 0}
+    began = time.perf_counter()
     try:
         for modality, paths in tile_paths.items():
-            tiles[modality] = _open_tiles(modality, paths, plan)
-        batch = assemble(start, plan.step, plan.grid, tiles)
+            readers[modality] = TileReader(modality, paths, plan)
+        for k, t0 in enumerate(names, 1):
+            out = out_dir / f"{t0}.h5"
+            if not force and _up_to_date(out, tiles_read, prov["settings_hash"]):
+                counts["kept"] += 1
+                continue
+            start = parse_t0(t0)
+            times = [start, next_time(start, plan.step)]
+            batch = assemble(start, plan.step, plan.grid,
+                             {m: r.at(times) for m, r in readers.items()})  # fmt: skip
+            write_batch(batch, out, prov)
+            counts["built"] += 1
+            log.info("[%d/%d] wrote %s (%.1f MB)", k, len(names), out,
+                     os.path.getsize(out) / 1e6)  # fmt: skip
     finally:
-        for ds in tiles.values():
-            ds.close()
+        for reader in readers.values():
+            reader.close()
+    periodic = [r for r in readers.values() if r.modality.periodic]
+    counts["slices"] = max((r.reads for r in periodic), default=0)
+    for split, path in lists.items():
+        text = "".join(f"{out_dir / t0}.h5\n" for t0 in plan.month_batches(period, split))
+        write_text_atomic(path, text)
+    seconds = time.perf_counter() - began
+    log.info("%s: %d batches built, %d kept (up to date), %.2f s per batch built", period,
+             counts["built"], counts["kept"], seconds / max(counts["built"], 1))  # fmt: skip
+    return counts
+
+
+def build_batch(
+    t0: str, tile_paths: Mapping[str, Sequence[str | Path]], out: str | Path, plan: Plan
+) -> Path:
+    start = parse_t0(t0)
+    _check_modalities(tile_paths, plan)
+    readers: dict[str, TileReader] = {}
+    times = [start, next_time(start, plan.step)]
+    try:  # each tile opened lazily: only the batch's two time slices are read
+        for modality, paths in tile_paths.items():
+            readers[modality] = TileReader(modality, paths, plan)
+        batch = assemble(start, plan.step, plan.grid, {m: r.at(times) for m, r in readers.items()})
+    finally:
+        for reader in readers.values():
+            reader.close()
     path = write_batch(batch, out, provenance(plan.config, plan.batch_settings()))
     log.info("wrote %s (%s .. %s)", path, *batch.times)
     return path
@@ -133,6 +256,11 @@ def parse_tile_args(values: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def _add_tile_argument(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--tile", action="append", required=True, metavar="MODALITY=PATH",
+                   help=help_text)  # fmt: skip
+
+
 def _run(args: argparse.Namespace) -> int:
     plan = load_plan(args.config)
     assert plan is not None  # --config is required
@@ -143,13 +271,30 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "batch", __doc__, "assemble one bfm-batch/1 HDF5 file from tiles")
     p.add_argument("--t0", required=True, help="first time of the batch, YYYYMMDDTHH")
-    p.add_argument(
-        "--tile",
-        action="append",
-        required=True,
-        metavar="MODALITY=PATH",
-        help="tile(s) of one modality; repeat for every modality of the study",
-    )
+    _add_tile_argument(p, "tile(s) of one modality; repeat for every modality of the study")
     add_config_argument(p)
     p.add_argument("--out", required=True, help="output batch file (.h5)")
     p.set_defaults(func=_run)
+
+
+def _run_month(args: argparse.Namespace) -> int:
+    plan = load_plan(args.config)
+    assert plan is not None  # --config is required
+    lists = {s: p for s, p in (("train", args.train_list), ("eval", args.eval_list),
+                               ("all", args.all_list)) if p}  # fmt: skip
+    build_month(args.period, parse_tile_args(args.tile), plan, args.out_dir, lists, args.force)
+    return 0
+
+
+def register_month(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "batches", __doc__, "assemble every batch that starts in one month")
+    p.add_argument("--period", required=True, help="the month, YYYY-MM")
+    _add_tile_argument(p, "tile(s) of one modality (the month's and the next month's); repeat "
+                       "for every modality of the study")  # fmt: skip
+    add_config_argument(p)
+    p.add_argument("--out-dir", default="results/batches", help="default: results/batches")
+    for split in ("train", "eval", "all"):
+        p.add_argument(f"--{split}-list", default=None, metavar="FILE",
+                       help=f"write the month's {split} batches here, one path a line")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="rebuild batches that are up to date")
+    p.set_defaults(func=_run_month)
