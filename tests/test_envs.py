@@ -406,3 +406,72 @@ def test_import_walker(tmp_path, monkeypatch):
         "netCDF4": {"bfm.b"},  # xarray's default engine
         "h5netcdf": {"bfm.sub.c"},
     }
+
+
+# --- pin files (envs/<env>.pin.txt, written by envs/pins.py) ------------------------------
+
+
+def read_pins(path: Path) -> tuple[dict[str, tuple[str, str | None]], dict[str, str]]:
+    """(conda package -> (version, build or None), pip package -> version) of a pin file."""
+    conda, pip = {}, {}
+    for line in path.read_text().splitlines():
+        if m := re.fullmatch(r"# pip: ([\w.-]+)==(\S+)", line):
+            pip[m.group(1).lower()] = m.group(2)
+        elif line and not line.startswith("#"):
+            m = re.fullmatch(r"([\w.-]+)=(\d[^=\s]*)(?:=(\S+))?", line)
+            assert m, f"{path.name}: {line!r} is not name=version[=build]"
+            conda[m.group(1)] = (m.group(2), m.group(3))
+    return conda, pip
+
+
+def test_every_env_package_has_a_pin_that_agrees_with_the_yaml():
+    envs = sorted(ROOT.joinpath("envs").glob("*.yaml"))
+    assert len(envs) >= 5
+    for path in envs:
+        pin_file = path.with_suffix(".pin.txt")
+        assert pin_file.is_file(), f"{pin_file.name} missing: python envs/pins.py writes it"
+        pins, pip_pins = read_pins(pin_file)
+        for name, spec in env_packages(load_env(path)).items():
+            if "==" in spec:  # pip section
+                assert pip_pins.get(name) == spec.split("==")[1], (pin_file.name, spec)
+                continue
+            _, version, *build = spec.split("=")
+            assert name in pins, f"{pin_file.name} has no pin for {name} ({path.name}: {spec})"
+            assert pins[name][0] == version, f"{pin_file.name}: {pins[name]} but {spec}"
+            assert pins[name][1] == (build[0] if build else None), (pin_file.name, spec)
+        # The Python packages pulled in on top: the versions the tests ran with.
+        for name, (version, _) in pins.items():
+            pypi = {v: k for k, v in PYPI_FOR_PIN.items()}.get(name, name)
+            try:
+                installed = importlib.metadata.version(pypi)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            installed = re.sub(r"(\+\w+|\.post\d+)$", "", installed)
+            if name not in BASE_PACKAGES:
+                assert version == installed, f"{pin_file.name}: {name}={version}, venv {installed}"
+
+
+# conda-forge -> PyPI names in the pin files (envs/pins.py CONDA_NAME, inverted).
+PYPI_FOR_PIN = {
+    "torch": "pytorch",
+    "matplotlib": "matplotlib-base",
+    "soundfile": "pysoundfile",
+    "typing-extensions": "typing_extensions",
+    "tzdata": "python-tzdata",
+    "msgpack": "msgpack-python",
+    "huggingface-hub": "huggingface_hub",
+}
+
+
+def test_pin_files_are_up_to_date():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "envs/pins.py"), "--check"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+def test_train_env_is_cuda_builds_for_one_cuda_version():
+    packages = env_packages(load_env(ROOT / "envs/train.yaml"))
+    assert re.fullmatch(r"cuda-version=12\.\d+", packages["cuda-version"]), packages
+    assert packages["pytorch"].endswith("=cuda*") and packages["deepspeed"].endswith("=cuda*")
