@@ -8,6 +8,7 @@ Where and as whom jobs run lives in profiles/, never in workflow/ or config/.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from snakemake.cli import parse_args
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command
 from snakemake_executor_plugin_slurm.utils import set_gres_string
 
+from bfm.profiles import TrainLayout, config_files, train_layout
 from tests.conftest import ROOT
 from tests.test_envs import workflow_rules
 
@@ -23,6 +25,7 @@ SNELLIUS = str(ROOT / "profiles/snellius")
 LOCAL = str(ROOT / "profiles/local")
 # Rules that run as a SLURM job of their own; every other rule is bundled (group-components).
 SINGLE_JOB_RULES = {
+    "combine",
     "train",
     "evaluate",
     "stats",
@@ -43,11 +46,28 @@ def site(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.chdir(ROOT)  # where Snakemake runs; without --configfile: config/config.yaml
     return values
 
 
-def snellius(*argv: str):
-    return parse_args(["--profile", SNELLIUS, *argv])[1]
+def snellius(*argv: str, monkeypatch: pytest.MonkeyPatch | None = None):
+    """The parsed arguments of `snakemake --profile profiles/snellius *argv` (the profile reads
+    the training layout from the call's --configfile, i.e. from sys.argv)."""
+    argv = ("--profile", SNELLIUS, *argv)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["snakemake", *argv])
+        return parse_args(list(argv))[1]
+
+
+EUROPE = ("--configfile", str(ROOT / "config/europe.yaml"))
+
+
+def layout_config(tmp_path: Path, nodes: int, gpus_per_node: int) -> tuple[str, str]:
+    """--configfile arguments for the demo config with another training layout (a second
+    file, merged over the first as Snakemake merges them)."""
+    extra = tmp_path / "layout.yaml"
+    extra.write_text(f"train:\n  nodes: {nodes}\n  gpus_per_node: {gpus_per_node}\n")
+    return ("--configfile", str(ROOT / "config/config.yaml"), str(extra))
 
 
 def evaluate(resources, rule: str, threads: int) -> dict:
@@ -123,7 +143,7 @@ def test_genoa_is_an_option_with_its_own_slice(site, monkeypatch, capsys):
 
 
 def test_training_runs_on_gpu_h100_one_rank_per_gpu(site):
-    args = snellius()
+    args = snellius(*EUROPE)  # train.nodes 1, train.gpus_per_node 4
     res, threads = job_resources(args, "train")
     assert res["slurm_partition"] == "gpu_h100"
     assert res["gres"] == "gpu:4" and res["tasks_per_node"] == 4  # 4 H100 per node
@@ -138,9 +158,8 @@ def test_training_runs_on_gpu_h100_one_rank_per_gpu(site):
     assert job_resources(args, "evaluate")[0]["slurm_partition"] == "rome"
 
 
-def test_training_sbatch_line_multi_node(site, monkeypatch):
-    monkeypatch.setenv("BFM_TRAIN_NODES", "2")
-    args = snellius()
+def test_training_sbatch_line_multi_node(site, tmp_path):
+    args = snellius(*layout_config(tmp_path, 2, 4))
     assert job_resources(args, "train")[0]["mpi"].startswith("srun --nodes=2 ")
     line = sbatch_line(args, "train")
     for flag in (
@@ -152,10 +171,60 @@ def test_training_sbatch_line_multi_node(site, monkeypatch):
         "--gres=gpu:4",
         "--mem 720000",
         "-t 1440",
+        "--signal=USR1@600",
     ):
         assert flag in line, (flag, line)
     # GPUs per node (gres), not a job total (--gpus), and no task count per GPU.
     assert "--gpus" not in line and "--ntasks-per-gpu" not in line and "--ntasks=" not in line
+
+
+def test_training_layout_comes_from_the_config(site, tmp_path):
+    """train.nodes x train.gpus_per_node (science: the world size) -> the sbatch layout."""
+    # The demo config (1 x 1; also the default without --configfile): a quarter node, one
+    # rank run by the job itself (the plugin refuses an srun layout of one task).
+    for args in (snellius(), snellius("--configfile", str(ROOT / "config/config.yaml"))):
+        res, threads = job_resources(args, "train")
+        assert (res["nodes"], res["gres"], res["mem_mb"], threads) == (1, "gpu:1", 180000, 16)
+        assert res["mpi"] == "" and "tasks_per_node" not in res and "tasks" not in res
+        line = sbatch_line(args, "train")
+        assert "--ntasks" not in line and "--gres=gpu:1" in line, line
+    # 2 nodes of 1 GPU: two tasks, one per GPU (tasks_per_node 1 is refused by the plugin).
+    args = snellius(*layout_config(tmp_path, 2, 1))
+    res, _ = job_resources(args, "train")
+    assert (res["tasks"], res["tasks_per_gpu"], res["gres"]) == (2, 1, "gpu:1")
+    assert res["mpi"] == "srun --nodes=2 --ntasks-per-node=1 --cpus-per-task=16"
+    line = sbatch_line(args, "train")
+    for flag in ("--nodes=2", "--ntasks=2", "--ntasks-per-gpu=1", "--gres=gpu:1", "--mem 180000"):
+        assert flag in line, (flag, line)
+
+
+def test_the_old_train_nodes_variable_is_refused(site, monkeypatch, capsys):
+    monkeypatch.setenv("BFM_TRAIN_NODES", "2")
+    with pytest.raises(SystemExit):
+        snellius()
+    assert "set train.nodes in the config" in capsys.readouterr().err
+
+
+def test_config_files_of_a_call_as_snakemake_reads_them():
+    assert config_files(["--profile", "p", "--configfile", "a.yaml", "b.yaml", "-n"]) == [
+        Path("a.yaml"),
+        Path("b.yaml"),
+    ]
+    assert config_files(["--configfiles=a.yaml", "--cores", "2"]) == [Path("a.yaml")]
+    assert config_files(["-d", "/w", "-n"]) == [Path("/w/config/config.yaml")]
+    assert config_files(["--cores", "-1"]) == [Path("config/config.yaml")]
+
+
+def test_train_layout_merges_files_and_fills_the_schema_default(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("train:\n  nodes: 3\n  steps: 10\n")
+    second.write_text("train:\n  steps: 20\n")  # later file, other key: nodes stays
+    assert train_layout(["--configfile", str(first), str(second)]) == TrainLayout(3, 1)
+    assert TrainLayout(3, 4).ranks == 12
+    with pytest.raises(ValueError, match="train.gpus_per_node: expected an integer >= 1"):
+        TrainLayout(1, 0)
+    with pytest.raises(ValueError, match="missing.yaml: config file not found"):
+        train_layout(["--configfile", str(tmp_path / "missing.yaml")])
 
 
 def test_cpu_job_sbatch_line(site):
@@ -180,7 +249,8 @@ def test_small_cpu_jobs_are_bundled(site):
     assert grouped == rules - SINGLE_JOB_RULES - LOCAL_RULES, "every small rule is in a group"
     for rule, group in args.groups.items():
         assert args.group_components[group] > 1, (rule, group)
-    assert args.group_components["prep"] == args.group_components["batches"] == 16
+    assert args.group_components["batches"] == args.group_components["samples"] == 16
+    assert args.group_components["prep"] == 8  # a tile asks for two cores' memory
 
 
 def test_local_profile_runs_here(site):

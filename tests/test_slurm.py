@@ -5,8 +5,11 @@ partitions rome, genoa and gpu_h100 with one stand-in GPU) when it is not runnin
 is used as it is, except for what differs between Snellius and the stand-in node:
 
 - account: BFM_SLURM_ACCOUNT=x (the profile's site value; up.sh creates the account);
-- node size: 2 cores (--cores 2, threads 1-2), 17 GB (memory caps), 1 stand-in GPU; training
-  runs 2 ranks on one node instead of 4 per node (tasks_per_node, gres and the srun layout);
+- node size: the stand-in node has a rome node's shape (128 CPUs, 229376 MB, 120 h: sbatch
+  refuses more, tests/test_slurm_limits.py) on a 2-core machine, so the jobs are kept to its
+  real size: --cores 2 (threads 1-2, group jobs at most 2 wide), --jobs 2 (at most 2 SLURM jobs
+  at once), small memory caps, 1 stand-in GPU; training runs 2 ranks on one node instead of 4
+  per node (tasks_per_node, gres and the srun layout);
 - status checks start after 1 s instead of 40 s, and successful jobs keep their SLURM logs;
 - no conda here: --sdm env-modules (which no rule uses) replaces the profile's conda, so the
   jobs run in this venv; tests/test_envs.py checks the conda envs statically.
@@ -73,7 +76,13 @@ STEPS = 120
 # SDM (the GLM alone takes the finetune job through SLURM).
 CONFIG = {
     **DEMO,
-    "train": {**DEMO["train"], "steps": STEPS, "checkpoint_every": STEPS // 2},
+    # RANKS ranks on one node: bfm train refuses a world size other than nodes x gpus_per_node.
+    "train": {
+        **DEMO["train"],
+        "steps": STEPS,
+        "checkpoint_every": STEPS // 2,
+        "gpus_per_node": RANKS,
+    },  # fmt: skip
     "evaluation": {**DEMO["evaluation"], "ablations": []},
     "sdm": {**DEMO["sdm"], "folds": 2, "methods": ["glm"]},
 }
@@ -156,12 +165,14 @@ def _snakemake(workdir: Path, args: list[str], env: dict[str, str]) -> tuple[str
     return log, seconds
 
 
-def snellius_site_args(profile: Path, env: dict[str, str]) -> list[str]:
+def snellius_site_args(profile: Path, env: dict[str, str], configfile: Path) -> list[str]:
     """CLI arguments that keep every profile value but the stand-in node's."""
     with pytest.MonkeyPatch.context() as mp, open(profile / "profile.yaml") as f:
         for name, value in env.items():  # the profile reads its site values from the env
             if name.startswith("BFM_"):
                 mp.setenv(name, value)
+        # ...and the training layout from the call's config (bfm.profiles.train_layout)
+        mp.setattr(sys, "argv", ["snakemake", "--configfile", str(configfile)])
         items = ProfileConfigFileParser().parse(f)  # as `snakemake --profile` reads it
     set_resources = []
     for entry in items["set-resources"]:  # "rule:resource=value"
@@ -176,6 +187,8 @@ def snellius_site_args(profile: Path, env: dict[str, str]) -> list[str]:
     set_threads = [f"{rule}={n}" for rule, n in STAND_IN_THREADS.items()]
     return [
         "--cores",
+        "2",
+        "--jobs",
         "2",
         "--sdm",
         "env-modules",
@@ -215,7 +228,9 @@ def slurm_run(slurm_cluster, tmp_path_factory, local_run) -> dict:
     profile = ROOT / "profiles/snellius"
     env = _env(BFM_SLURM_ACCOUNT=ACCOUNT, BFM_CONDA_PREFIX=str(workdir / ".conda"))
     log, seconds = _snakemake(
-        workdir, ["--profile", str(profile), *snellius_site_args(profile, env)], env
+        workdir,
+        ["--profile", str(profile), *snellius_site_args(profile, env, workdir / "slurm-test.yaml")],
+        env,
     )
     logs = sorted((workdir / ".snakemake/slurm_logs").rglob("*.log"))
     jobs = {int(p.stem): p.relative_to(workdir / ".snakemake/slurm_logs").parts[0] for p in logs}
@@ -250,6 +265,7 @@ def test_jobs_went_through_sbatch_on_the_right_partitions(slurm_run):
     # Bundled small jobs (group-components) and the single jobs, each with its SLURM log.
     assert {"rule_train", "rule_evaluate", "rule_stats", "rule_climatology"} <= kinds, kinds
     assert {k.split("_")[1] for k in kinds if k.startswith("group_")} == {
+        "samples",
         "prep",
         "batches",
         "report",
@@ -268,9 +284,11 @@ def test_jobs_went_through_sbatch_on_the_right_partitions(slurm_run):
     assert "gres/gpu=1" in rows[str(train)]["AllocTRES"], rows[str(train)]
     # Every job has its SLURM log, and far fewer jobs than rules ran (bundling works).
     n_rules = len(re.findall(r"^Finished jobid: \d+ \(Rule: \w+\)", slurm_run["log"], re.M))
-    # 12 here: prep, batches, stats, climatology, train, evaluate, species_glm, finetune,
-    # predict and the report items in groups of 2, for about 125 rules.
-    assert n_rules >= 70 and len(jobs) <= 14, (n_rules, len(jobs))
+    # About 20 here for about 65 rules (a month's batches are one job): 2 of samples (16 a
+    # job), 3 of tiles (8 a job), one of batches and partial statistics, combine (records and
+    # effort), stats, climatology, train, evaluate, species_glm, finetune, predict and the
+    # report items in groups of 2.
+    assert n_rules >= 55 and len(jobs) <= 22, (n_rules, len(jobs))
 
 
 def test_sbatch_lines_follow_the_profile(slurm_run):
@@ -286,6 +304,7 @@ def test_sbatch_lines_follow_the_profile(slurm_run):
         "--gres=gpu:1",
         "--mem 4000",
         "-t 1440",
+        "--signal=USR1@600",
     ):
         assert flag in train, (flag, train)
     for call in calls:

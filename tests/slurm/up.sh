@@ -3,6 +3,12 @@
 # munge, MariaDB + slurmdbd (accounting, so the plugin's default `sacct` status checks work),
 # slurmctld and slurmd; partitions rome (default), genoa and gpu_h100, the last with one
 # stand-in GPU (gres gpu:h100:1 backed by /dev/null) so that rules asking for `gpu` schedule.
+# The node has the shape of a Snellius rome node whatever this machine has (2 x 64 cores,
+# 224 GiB = 229376 MB; SlurmdParameters=config_overrides makes slurmd accept the configured
+# size), and the partitions Snellius's 120 h limit with EnforcePartLimits=ALL, so that sbatch
+# itself refuses what Snellius would refuse: more than 128 CPUs or 229376 MB on one node, or
+# more than 5 days. Jobs on it share this machine's real cores: callers bound how many run at
+# once (snakemake --jobs).
 #
 # Usage (as root): bash tests/slurm/up.sh      -- idempotent: starts only what is not running.
 #   BFM_SLURM_BASE     state, spool and logs (default /tmp/bfm-slurm)
@@ -51,8 +57,6 @@ fi
 
 # 2. Configuration. Written every time; a change restarts the SLURM daemons below.
 mkdir -p "$BASE"/{state,spool,log} /etc/slurm
-ncpu=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
-mem_mb=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) * 3 / 4 / 1024)) # 3/4 of RAM, in MB
 conf=$(
 	cat <<CONF
 # Written by tests/slurm/up.sh: a single-node stand-in for Snellius (see profiles/snellius).
@@ -80,14 +84,16 @@ AccountingStorageTRES=gres/gpu
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=512
+DefMemPerCPU=1792
 MinJobAge=300
 ReturnToService=2
+SlurmdParameters=config_overrides
+EnforcePartLimits=ALL
 GresTypes=gpu
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$ncpu RealMemory=$mem_mb Gres=gpu:h100:1 State=UNKNOWN
-PartitionName=rome Nodes=localhost Default=YES MaxTime=INFINITE State=UP
-PartitionName=genoa Nodes=localhost MaxTime=INFINITE State=UP
-PartitionName=gpu_h100 Nodes=localhost MaxTime=INFINITE State=UP
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=128 Boards=1 SocketsPerBoard=2 CoresPerSocket=64 ThreadsPerCore=1 RealMemory=229376 Gres=gpu:h100:1 State=UNKNOWN
+PartitionName=rome Nodes=localhost Default=YES MaxTime=5-00:00:00 State=UP
+PartitionName=genoa Nodes=localhost MaxTime=5-00:00:00 State=UP
+PartitionName=gpu_h100 Nodes=localhost MaxTime=5-00:00:00 State=UP
 CONF
 )
 gres="NodeName=localhost Name=gpu Type=h100 File=/dev/null"
