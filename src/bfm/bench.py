@@ -33,15 +33,18 @@ import argparse
 import json
 import logging
 import multiprocessing
+import os
+import re
 import resource
 import statistics
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bfm.cliutil import add_command, plain
+from bfm.cliutil import add_command
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,24 @@ def study_layout() -> Any:
     return Layout(DEFAULT_LEVELS, tuple(range(1, SPECIES + 1)), catalogue.groups())
 
 
+def measure_child(cmd: list[str], log: Path) -> dict[str, float]:
+    """Wall seconds, CPU seconds and peak resident memory (bytes) of ``cmd``, a child of its
+    own (``os.wait4``: not mixed with other children), its output in ``log``. For a bfm
+    command the memory is the one it logs at its end (VmHWM: a forked child's ru_maxrss would
+    count this process's pages too); for another command its ru_maxrss."""
+    began = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - began
+    text = log.read_text()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise ValueError(f"{' '.join(cmd[:4])} ... failed:\n{text[-2000:]}")
+    peak = re.findall(r"peak memory ([0-9.]+) GiB", text)
+    rss = float(peak[-1]) * 2**30 if peak else float(usage.ru_maxrss * 1024)
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": rss}
+
+
 def _peak_rss() -> int:
     """Peak resident memory of this process, bytes (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -96,8 +117,6 @@ def _current_rss() -> int:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, IndexError, ValueError):
         return 0
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -294,11 +313,11 @@ def _run_model(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "bench", OVERVIEW, "benchmarks: dag, tiles, batches, loader, model")
     actions = p.add_subparsers(title="benchmarks", metavar="BENCH", required=True)
-    m = actions.add_parser(
+    m = add_command(
+        actions,
         "model",
-        help="forward+backward time, peak memory, FLOPs of the presets; loader samples/s",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        "forward+backward time, peak memory, FLOPs of the presets; loader samples/s",
     )
     m.add_argument(
         "--presets",

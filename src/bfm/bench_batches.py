@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -43,28 +42,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bfm.cliutil import plain
+from bfm.bench import measure_child
+from bfm.cliutil import add_command
 
 EUROPE = {"lat_min": 34.0, "lat_max": 72.0, "lon_min": -30.0, "lon_max": 50.0}
 SPECIES = 21
 NODE_CORES = 128  # a Snellius rome node
-
-
-def measured(cmd: list[str], log: Path) -> dict[str, float]:
-    """Wall seconds, CPU seconds and peak resident memory (bytes) of the bfm command ``cmd``,
-    a child of its own, its output in ``log``. The memory is the one bfm logs at its end
-    (VmHWM: a forked child's ru_maxrss would count this process's pages too)."""
-    began = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - began
-    text = log.read_text()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise ValueError(f"{' '.join(cmd[:4])} ... failed:\n{text[-2000:]}")
-    peak = re.findall(r"peak memory ([0-9.]+) GiB", text)
-    rss = float(peak[-1]) * 2**30 if peak else float(usage.ru_maxrss * 1024)
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": rss}
 
 
 def write_study(
@@ -147,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
         names = plan.month_batches(month)
         tile_args = [a for m, ps in tiles.items() for a in ("--tile", f"{m}={','.join(ps)}")]
         out_dir, log = d / "batches", d / "batches.log"
-        job = measured(
+        job = measure_child(
             [
                 *bfm,
                 "batches",
@@ -181,8 +164,8 @@ def _run(args: argparse.Namespace) -> int:
                 periods = plan.batch_periods(t0) if m.periodic else ["static"]
                 mine = [p for p in tiles[m.name] if Path(p).stem in periods]
                 cmd += ["--tile", f"{m.name}={','.join(mine)}"]
-            alone[label] = measured(cmd, d / f"alone-{t0}.log")
-        stats = measured(
+            alone[label] = measure_child(cmd, d / f"alone-{t0}.log")
+        stats = measure_child(
             [
                 *bfm,
                 "stats",
@@ -271,11 +254,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser(
+    p = add_command(
+        actions,
         "batches",
-        help="a month of batches: CPU per batch, MB, memory, against dd; study projection",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        "a month of batches: CPU per batch, MB, memory, against dd; study projection",
     )
     p.add_argument("--grid", default="153x321", help="HxW cells (default Europe: 153x321)")
     p.add_argument("--step", default="1D", choices=["1D", "6h"], help="default 1D")

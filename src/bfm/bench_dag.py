@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bfm.cliutil import plain
+from bfm.cliutil import add_command
 
 
 def study_config(path: Path, step: str, years: int | None) -> dict[str, Any]:
@@ -147,11 +147,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(actions: argparse._SubParsersAction) -> None:
-    p = actions.add_parser(
-        "dag",
-        help="snakemake -n of the study: seconds, jobs, growth with the window",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        actions, "dag", __doc__, "snakemake -n of the study: seconds, jobs, growth with the window"
     )
     p.add_argument(
         "--configfile", default="config/europe.yaml", help="the study (default config/europe.yaml)"

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bfm.cliutil import plain
+from bfm.cliutil import add_command
 from bfm.fileio import write_text_atomic
 
 SPECIES = 21  # as bfm bench model: the study's endangered European species
@@ -246,11 +246,11 @@ def run(args: argparse.Namespace) -> int:
 def register(actions: argparse._SubParsersAction) -> None:
     from bfm.contracts.batch import Compression
 
-    p = actions.add_parser(
+    p = add_command(
+        actions,
         "loader",
-        help="training loader samples/s for 0, 1, 2 workers; batch compressions compared",
-        description=plain(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        "training loader samples/s for 0, 1, 2 workers; batch compressions compared",
     )
     p.add_argument("--grid", default="153x321", help="HxW cells (default Europe: 153x321)")
     p.add_argument("--batches", type=int, default=6, help="mock batches (default 6: 5 pairs)")

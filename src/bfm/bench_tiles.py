@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -44,7 +42,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from bfm.cliutil import plain
+from bfm.cliutil import add_command
 
 GIB = 1 << 30
 SPECIES = 21
@@ -62,17 +60,12 @@ class Run:
 
 
 def run_child(command: list[str]) -> Run:
-    """Run ``command``; its own resource use (``wait4``: not mixed with other children)."""
-    import time
+    """Run ``command``; its own resource use (``bfm.bench.measure_child``)."""
+    from bfm.bench import measure_child
 
-    began = time.perf_counter()
-    proc = subprocess.Popen(command)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)}: exit status {proc.returncode}")
-    wall = time.perf_counter() - began
-    return Run(usage.ru_utime + usage.ru_stime, wall, usage.ru_maxrss * 1024 / GIB)
+    with tempfile.TemporaryDirectory() as tmp:
+        cost = measure_child(command, Path(tmp) / "child.log")
+    return Run(cost["cpu"], cost["wall"], cost["rss"] / GIB)
 
 
 def species_csv(path: Path) -> Path:
@@ -298,9 +291,8 @@ def _run_tiles(args: argparse.Namespace) -> int:
 
 def register(actions: argparse._SubParsersAction) -> None:
     """Add ``tiles`` to the ``bfm bench`` subcommands."""
-    t = actions.add_parser("tiles", help="CPU time and peak RSS of a species tile (small vs "
-                           "large window) and of an atmospheric tile", description=plain(__doc__),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    t = add_command(actions, "tiles", __doc__, "CPU time and peak RSS of a species tile (small "
+                    "vs large window) and of an atmospheric tile")  # fmt: skip
     t.add_argument("--grid", default="europe", help="europe (153 x 321, default) or HxW")
     t.add_argument("--step", default="6h", help="model step: 6h (default), 1D, 1MS")
     t.add_argument("--records-per-month", type=int, default=40_000,

@@ -16,7 +16,7 @@ rule batches:
     conda:
         "../../envs/geo.yaml"
     params:
-        tiles=get_month_tile_args,
+        tiles=get_tile_args,
         settings=PLAN.batch_settings(),
         config=get_config_file,
     shell:
@@ -36,7 +36,7 @@ rule batch:
     conda:
         "../../envs/geo.yaml"
     params:
-        tiles=get_batch_tile_args,
+        tiles=get_tile_args,
         settings=PLAN.batch_settings(),
         config=get_config_file,
     shell:

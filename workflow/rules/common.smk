@@ -109,16 +109,14 @@ def get_batch_tiles(wildcards):
     return PLAN.batch_tiles(wildcards.t0)
 
 
-def get_batch_tile_args(wildcards, input):
-    return " ".join(f"--tile {m}={','.join(input[m])}" for m in PLAN.batch_tiles(wildcards.t0))
-
-
 def get_month_tiles(wildcards):
     return PLAN.month_tiles(wildcards.period)
 
 
-def get_month_tile_args(wildcards, input):
-    return " ".join(f"--tile {m}={','.join(input[m])}" for m in PLAN.month_tiles(wildcards.period))
+def get_tile_args(wildcards, input):
+    """--tile MODALITY=PATH,... of every modality of the study, from a job's tile inputs
+    (get_batch_tiles or get_month_tiles, unpacked: one named input per modality)."""
+    return " ".join(f"--tile {m.name}={','.join(input[m.name])}" for m in PLAN.modalities)
 
 
 def at_files(name):

@@ -21,10 +21,11 @@ batches per split (train, eval), one path a line: the lists are its declared out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ import xarray as xr
 
 from bfm.cliutil import add_command, add_config_argument
 from bfm.contracts import catalogue
-from bfm.contracts.batch import Batch, write_batch
+from bfm.contracts.batch import Batch, batch_attrs, write_batch
 from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.grid import Grid
 from bfm.contracts.tile import SPECIES_KEY, open_tile
@@ -137,6 +138,18 @@ class TileReader:
             ds.close()
 
 
+@contextlib.contextmanager
+def open_readers(tile_paths: Mapping[str, Sequence[str | Path]], plan: Plan
+                 ) -> Iterator[dict[str, TileReader]]:  # fmt: skip
+    """A ``TileReader`` per modality of ``tile_paths``, all closed on leaving."""
+    with contextlib.ExitStack() as stack:
+        readers = {}
+        for modality, paths in tile_paths.items():
+            readers[modality] = TileReader(modality, paths, plan)
+            stack.callback(readers[modality].close)
+        yield readers
+
+
 def _open_checked(modality: str, path: str | Path, plan: Plan) -> xr.Dataset:
     ds = open_tile(path, modality)
     expected = plan.tile_settings_hash(catalogue.modality(modality))
@@ -160,13 +173,11 @@ def _check_modalities(tile_paths: Mapping[str, Sequence[str | Path]], plan: Plan
         )
 
 
-def _up_to_date(path: Path, tiles: Sequence[Path], settings_hash: str) -> bool:
-    """``path`` exists, was built under ``settings_hash`` and is newer than every tile."""
-    from bfm.contracts.batch import batch_attrs
-
+def _up_to_date(path: Path, newest_tile: float, settings_hash: str) -> bool:
+    """``path`` exists, was built under ``settings_hash`` and is newer than every tile (the
+    newest tile's mtime: ``newest_tile``)."""
     try:
-        built = path.stat().st_mtime
-        if any(t.stat().st_mtime > built for t in tiles):
+        if path.stat().st_mtime < newest_tile:
             return False
         return batch_attrs(path)[1] == settings_hash
     except (OSError, ValueError):
@@ -191,16 +202,13 @@ def build_month(
     out_dir = Path(out_dir)
     settings = plan.batch_settings()
     prov = provenance(plan.config, settings)
-    tiles_read = [Path(p) for ps in tile_paths.values() for p in ps]
-    readers: dict[str, TileReader] = {}
     counts = {"built": 0, "kept": 0, "slices": 0}
     began = time.perf_counter()
-    try:
-        for modality, paths in tile_paths.items():
-            readers[modality] = TileReader(modality, paths, plan)
+    with open_readers(tile_paths, plan) as readers:  # they refuse missing and stale tiles
+        newest_tile = max(p.stat().st_mtime for r in readers.values() for p in r.paths)
         for k, t0 in enumerate(names, 1):
             out = out_dir / f"{t0}.h5"
-            if not force and _up_to_date(out, tiles_read, prov["settings_hash"]):
+            if not force and _up_to_date(out, newest_tile, prov["settings_hash"]):
                 counts["kept"] += 1
                 continue
             start = parse_t0(t0)
@@ -211,11 +219,8 @@ def build_month(
             counts["built"] += 1
             log.info("[%d/%d] wrote %s (%.1f MB)", k, len(names), out,
                      os.path.getsize(out) / 1e6)  # fmt: skip
-    finally:
-        for reader in readers.values():
-            reader.close()
-    periodic = [r for r in readers.values() if r.modality.periodic]
-    counts["slices"] = max((r.reads for r in periodic), default=0)
+        periodic = [r for r in readers.values() if r.modality.periodic]
+        counts["slices"] = max((r.reads for r in periodic), default=0)
     for split, path in lists.items():
         text = "".join(f"{out_dir / t0}.h5\n" for t0 in plan.month_batches(period, split))
         write_text_atomic(path, text)
@@ -230,15 +235,9 @@ def build_batch(
 ) -> Path:
     start = parse_t0(t0)
     _check_modalities(tile_paths, plan)
-    readers: dict[str, TileReader] = {}
     times = [start, next_time(start, plan.step)]
-    try:  # each tile opened lazily: only the batch's two time slices are read
-        for modality, paths in tile_paths.items():
-            readers[modality] = TileReader(modality, paths, plan)
+    with open_readers(tile_paths, plan) as readers:  # only the batch's two time slices are read
         batch = assemble(start, plan.step, plan.grid, {m: r.at(times) for m, r in readers.items()})
-    finally:
-        for reader in readers.values():
-            reader.close()
     path = write_batch(batch, out, provenance(plan.config, plan.batch_settings()))
     log.info("wrote %s (%s .. %s)", path, *batch.times)
     return path
