@@ -80,13 +80,17 @@ def profile_signal() -> str:
     return match.group(0)
 
 
-def run_job(args: list[str], log: Path) -> tuple[str, str]:
-    """One sbatch job of ``bfm train``; (State, DerivedExitCode) from sacct once it has ended
-    (the job's exit code is its step's, which SLURM 22.05 shows as 10:0 for an exit status 138)."""
-    wrap = " ".join(["srun", sys.executable, "-m", "bfm.cli", *args])
+def run_job(args: list[str], log: Path, step: bool = True) -> tuple[str, str]:
+    """One sbatch job of ``bfm train``, in a job step warned by ``--signal`` (``step``) or in
+    the batch step, unwarned, as the executor runs one rank; (State, DerivedExitCode) from
+    sacct once it has ended (a job step's exit status 138 shows as 10:0 in SLURM 22.05's
+    ExitCode and as 138:0 in DerivedExitCode), ExitCode for the batch step (10:0 for 138)."""
+    launch = ["srun"] if step else []
+    wrap = " ".join([*launch, sys.executable, "-m", "bfm.cli", *args])
+    warn = [f"--signal=USR1@{WARN_BEFORE_S}"] if step else []
     out = sbatch(
-        "--parsable", "-p", "gpu_h100", "--gres", "gpu:1", "-t", str(TIME_LIMIT_MIN),
-        f"--signal=USR1@{WARN_BEFORE_S}", "-o", str(log), "--wrap", wrap,
+        "--parsable", "-p", "gpu_h100", "--gres", "gpu:1", "-t", str(TIME_LIMIT_MIN), *warn,
+        "-o", str(log), "--wrap", wrap,
         env=env(),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -94,10 +98,11 @@ def run_job(args: list[str], log: Path) -> tuple[str, str]:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:
         acct = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-j", job, "-o", "State,DerivedExitCode"],
+            ["sacct", "-X", "-n", "-P", "-j", job, "-o", "State,ExitCode,DerivedExitCode"],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        state, _, code = acct.stdout.strip().partition("|")
+        state, _, codes = acct.stdout.strip().partition("|")
+        code = codes.split("|")[-1 if step else 0]
         if state.split(" ")[0] in FINAL_STATES:
             return state.split(" ")[0], code
         time.sleep(2)
@@ -135,3 +140,20 @@ def test_training_at_its_time_limit_checkpoints_and_resumes(slurm_cluster, data,
     assert steps == list(range(1, done + 3))
     meta = json.loads((run / "meta.json").read_text())
     assert (meta["steps_done"], meta["complete"]) == (done + 2, True)
+
+
+@pytest.mark.slow
+def test_training_in_the_batch_step_stops_before_its_time_limit(slurm_cluster, data, tmp_path):  # noqa: F811
+    """No --signal reaches the batch step: bfm train asks squeue for the time left and stops
+    train.stop_before_limit seconds before the limit (here 90 s of a 2-minute job)."""
+    run = tmp_path / "run"
+    args = [*train_args(data, run, 1_000_000, every=1_000_000), "--stop-before-limit", "90"]
+    state, code = run_job(args, tmp_path / "1.log", step=False)
+    log = (tmp_path / "1.log").read_text()
+    assert (state, code) == ("FAILED", "10:0"), (state, code, log[-3000:])  # exit status 138
+    assert "s left before the SLURM job's time limit" in log, log[-3000:]
+    assert "stopped by signal 10" in log, log[-3000:]
+    state_dir = run / "checkpoints"
+    done = len(state_dir.joinpath("metrics.jsonl").read_text().splitlines())
+    assert done >= 1 and (state_dir / "latest").read_text() == f"step_{done:06d}"
+    assert json.loads((state_dir / "meta.json").read_text())["complete"] is False

@@ -19,6 +19,8 @@ from typing import Any
 TRAIN_KEYS = ("lr", "warmup_steps", "weight_decay", "checkpoint_every", "seed")
 # Config keys train.* that bfm train also takes as flags (--grad-accum, ...); meta.json "train".
 SCALE_KEYS = ("grad_accum", "activation_checkpointing", "nodes", "gpus_per_node")
+# profiles/snellius warns training 600 s before the limit (--signal=USR1@600): the same margin.
+STOP_BEFORE_LIMIT_S = 600
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class TrainConfig:
             pass (less memory, same gradients); None until resolved.
         nodes, gpus_per_node: the layout the run must have (world size = nodes x
             gpus_per_node; on CPU, processes per node); None (by hand) checks nothing.
+        stop_before_limit: seconds before the SLURM job's time limit at which to checkpoint
+            and stop (``bfm.training.engine.StopSignal``); None: the config's
+            ``train.stop_before_limit``, else :data:`STOP_BEFORE_LIMIT_S`. How the run
+            computes, not what: not one of its settings.
     """
 
     batches: tuple[str, ...]
@@ -74,6 +80,7 @@ class TrainConfig:
     activation_checkpointing: bool | None = None
     nodes: int | None = None
     gpus_per_node: int | None = None
+    stop_before_limit: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.checkpoint_every < 1:
@@ -92,6 +99,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value!r}")
+        if self.stop_before_limit is not None and self.stop_before_limit < 0:
+            raise ValueError(f"--stop-before-limit must be >= 0 s, got {self.stop_before_limit}")
         if (self.nodes is None) != (self.gpus_per_node is None):
             raise ValueError(
                 f"--nodes and --gpus-per-node go together (got {self.nodes}, {self.gpus_per_node})"
@@ -138,7 +147,15 @@ class TrainConfig:
         d["batches"] = list(self.batches)
         d["loss_weights"] = dict(self.loss_weights)
         d["drop_groups"] = list(self.drop_groups)
+        d.pop("stop_before_limit")  # when to stop, not what is computed
         return dict(sorted(d.items()))
+
+    def stop_margin(self, train: Mapping[str, Any] | None) -> int:
+        """Seconds before the job's time limit to stop at: the flag, the config's
+        ``train.stop_before_limit``, else :data:`STOP_BEFORE_LIMIT_S`."""
+        if self.stop_before_limit is not None:
+            return self.stop_before_limit
+        return int((train or {}).get("stop_before_limit", STOP_BEFORE_LIMIT_S))
 
     def schedule(self) -> dict[str, Any]:
         """The optimiser and scale settings recorded in meta.json (``train``)."""
@@ -175,6 +192,14 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         metavar="G",
         help="ranks per node the run must have: GPUs, or processes on CPU (train.gpus_per_node)",
+    )
+    p.add_argument(
+        "--stop-before-limit",
+        type=int,
+        metavar="SECONDS",
+        help="in a SLURM job, checkpoint and stop (exit 138) this long before the job's time "
+        "limit, asked of squeue (config train.stop_before_limit; default "
+        f"{STOP_BEFORE_LIMIT_S}; 0: only on SIGUSR1/SIGTERM)",
     )
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ import torch
 
 from bfm.training import distributed
 from bfm.training.config import TrainConfig
+
+log = logging.getLogger("bfm.train")
 
 MIN_LR_RATIO = 0.1  # cosine decays to 10 % of the peak
 
@@ -144,19 +148,90 @@ def sync_schedule(engine: Any, cfg: TrainConfig, step: int) -> None:
     sched._last_lr = [lr for _ in sched.base_lrs]
 
 
-class StopSignal:
-    """Remembers SIGTERM/SIGUSR1 (SLURM's warnings before the time limit) for the loop."""
+def parse_time_left(text: str) -> float | None:
+    """Seconds in squeue's ``%L`` (``[days-][hours:]minutes:seconds``); None for a job
+    without a limit (``UNLIMITED``, ``NOT_SET``, ``INVALID``)."""
+    text = text.strip()
+    days, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not (1 <= len(parts) <= 3) or not all(p.isdigit() for p in parts):
+        return None
+    if days and not days.isdigit():
+        return None
+    seconds = 0
+    for p in parts:
+        seconds = seconds * 60 + int(p)
+    return float(seconds + 86400 * int(days or 0))
 
-    def __init__(self) -> None:
+
+class TimeLimit:
+    """When the SLURM job this process runs in reaches its time limit (``squeue -o %L``,
+    asked again every ``refresh_s``: an administrator may extend a job). Outside SLURM, or
+    when squeue cannot tell, there is no limit."""
+
+    def __init__(self, job_id: str, refresh_s: float = 300.0) -> None:
+        self.job_id, self.refresh_s = job_id, refresh_s
+        self.deadline: float | None = None
+        self._asked = -math.inf
+
+    @classmethod
+    def of_environment(cls) -> TimeLimit | None:
+        job = os.environ.get("SLURM_JOB_ID")
+        return cls(job) if job else None
+
+    def seconds_left(self, now: float | None = None) -> float | None:
+        now = time.time() if now is None else now
+        if now - self._asked >= self.refresh_s:
+            self._asked = now
+            left = self._ask()
+            if left is not None:
+                self.deadline = now + left
+        return None if self.deadline is None else self.deadline - now
+
+    def _ask(self) -> float | None:
+        import subprocess
+
+        try:
+            cmd = ["squeue", "-h", "-j", self.job_id, "-o", "%L"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return parse_time_left(out.stdout.splitlines()[0]) if out.stdout.strip() else None
+
+
+class StopSignal:
+    """Remembers SIGTERM/SIGUSR1 (SLURM's warnings before the time limit) for the loop, and
+    raises SIGUSR1 itself ``margin_s`` before the job's time limit (``TimeLimit``): a job
+    whose training runs in the batch step gets no ``--signal`` (SLURM signals job steps
+    only), so the loop asks SLURM when the job ends instead."""
+
+    def __init__(self, margin_s: float = 0.0, limit: TimeLimit | None = None) -> None:
         self.signum = 0
+        self.margin_s, self.limit = margin_s, limit if margin_s > 0 else None
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
+        left = self.limit.seconds_left() if self.limit is not None else None
+        if left is not None and left <= margin_s:  # would stop at once: the limit is too short
+            log.warning("the SLURM job's time limit is %.0f s away, within train."
+                        "stop_before_limit (%.0f s): stopping on SIGUSR1/SIGTERM only",
+                        left, margin_s)  # fmt: skip
+            self.limit = None
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signum = signum
 
+    def _near_limit(self) -> bool:
+        left = self.limit.seconds_left() if self.limit is not None else None
+        if left is None or left > self.margin_s:
+            return False
+        log.warning("%.0f s left before the SLURM job's time limit (train.stop_before_limit "
+                    "%.0f s): checkpointing and stopping", left, self.margin_s)  # fmt: skip
+        return True
+
     def agreed(self, world_size: int, device: torch.device) -> int:
         """The signal any rank got (all ranks must checkpoint at the same step)."""
+        if not self.signum and self._near_limit():
+            self.signum = signal.SIGUSR1
         if world_size == 1:
             return self.signum
         flag = torch.tensor([self.signum], device=device)  # nccl reduces GPU tensors only

@@ -1,9 +1,10 @@
 """bfm train: pre-train the BFM with DeepSpeed (docs/architecture.md, "Training").
 
 Reads top to bottom: settings -> ranks -> lock -> data -> model -> engine -> resume -> loop
-(NaN-masked weighted MSE, warmup + cosine LR, metrics, checkpoints, stop on SIGTERM/SIGUSR1)
--> final checkpoint and meta.json. Rank 0 alone writes metrics.jsonl and meta.json, and holds
-the run directory's lock: a second bfm train on the same --out is refused.
+(NaN-masked weighted MSE, warmup + cosine LR, metrics, checkpoints, stop on SIGTERM/SIGUSR1 or
+near the SLURM job's time limit) -> final checkpoint and meta.json. Rank 0 alone writes
+metrics.jsonl and meta.json, and holds the run directory's lock: a second bfm train on the
+same --out is refused.
 
 Launch with bfm train ... (one process), torchrun --nproc_per_node N -m bfm.cli train or
 srun bfm train ...; see bfm.training.distributed for how ranks are found. A step is one
@@ -30,8 +31,9 @@ Outputs in --out (layout in bfm.training.checkpoint):
 - checkpoints/step_NNNNNN every --checkpoint-every steps, at the end and on a signal.
 
 Exit status: 0 when --steps are done (also for a finished run re-invoked, which only
-rewrites meta.json); 128 + signal number after a SIGTERM/SIGUSR1 checkpoint, so a workflow
-sees the run as unfinished and a re-run resumes it; 1 on bad input.
+rewrites meta.json); 128 + signal number after a SIGTERM/SIGUSR1 checkpoint (138, as for
+SIGUSR1, once train.stop_before_limit seconds are left before the SLURM job's time limit),
+so a workflow sees the run as unfinished and a re-run resumes it; 1 on bad input.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from bfm.training.config import TrainConfig, add_scale_arguments
 from bfm.training.data import LOADER_KEYS, BatchPairs, MicroBatches, Order, open_loader
 from bfm.training.engine import (
     StopSignal,
+    TimeLimit,
     all_ok,
     batch_layout,
     build_engine,
@@ -82,7 +85,7 @@ log = logging.getLogger("bfm.train")
 # config train.* keys that change how a run computes, not what: left out of its settings, so
 # that a run resumes (and is reused) whatever they say. Checkpointing recomputes activations:
 # the same loss and gradients (tests/test_scale_training.py).
-RUNTIME_KEYS = (*LOADER_KEYS, "activation_checkpointing")
+RUNTIME_KEYS = (*LOADER_KEYS, "activation_checkpointing", "stop_before_limit")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -388,7 +391,8 @@ def _train_loop(run: Run) -> TrainResult:
     from tqdm import tqdm
 
     cfg, dist = run.cfg, run.dist
-    stop = StopSignal()
+    stop = StopSignal(cfg.stop_margin(run.plan.config["train"] if run.plan else None),
+                      TimeLimit.of_environment())  # fmt: skip
     if dist.world_size == 1:
         distributed.init_distributed(dist)
     engine = build_engine(run.model, cfg, run.ds_config)
