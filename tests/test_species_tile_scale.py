@@ -243,3 +243,12 @@ def test_the_bench_report_prints_the_ratios_it_is_judged_by():
     assert "rows read 1.00x, CPU 1.10x, peak RSS 2.50x" in text
     assert "peak <= 2 GiB: NO" in text  # the large window's 2.5 GiB
     assert "gbif sample, 24 / 6 months: peak RSS 1.10x" in text
+
+
+def test_the_bench_report_without_species_prints_the_atmospheric_tile_alone():
+    from bfm.bench_tiles import report
+
+    atm = {"period": "2010-01", "step": "6h", "cpu_s": 90.0, "wall_s": 200.0, "peak_gib": 0.7}
+    text = report(None, None, atm)  # bfm bench tiles --no-species
+    assert text == ("atmospheric tile 2010-01 (step 6h): CPU 90.0 s, wall 200.0 s, peak RSS "
+                    "0.70 GiB (target <= 2 GiB: yes)")  # fmt: skip

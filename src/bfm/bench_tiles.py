@@ -20,11 +20,13 @@ Atmospheric tile (``bfm tile era5_atmospheric``, unless ``--no-atmospheric``): a
 ERA5 month on the grid (13 levels, 124 six-hourly times), written a day at a time by
 ``benchmarks/tile_memory.py`` (reused when it exists in ``--workdir``), tiled in a child
 process at ``--step``: CPU time and peak RSS. Target: <= 2 GiB.
+``--no-species`` runs only the atmospheric case (and the GBIF writer if asked).
 
 Examples:
 
     bfm bench tiles                                   # Europe, 6h, 12 vs 120 months
     bfm bench tiles --grid 25x41 --step 1D --no-atmospheric --records-per-month 2000
+    bfm bench tiles --no-species --step 1D          # the atmospheric tile alone
 """
 
 from __future__ import annotations
@@ -234,21 +236,11 @@ def parse_grid(text: str) -> Any:
                 lon_max=6.0 + (w - 1) * res, res=res)  # fmt: skip
 
 
-def report(small: dict[str, Any], large: dict[str, Any], atm: dict[str, Any] | None,
-           gbif: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
-    lines = [f"{'window':>10} {'records':>11} {'MiB':>7} {'month':>8} {'rows read':>10} "
-             f"{'groups':>9} {'CPU s':>7} {'peak RSS':>9}"]  # fmt: skip
-    for c in (small, large):
-        lines.append(f"{c['months']:>7} mo {c['records']:>11,} {c['mib_on_disk']:>7.1f} "
-                     f"{c['period']:>8} {c['rows_read']:>10,} "
-                     f"{c['groups_read']:>4}/{c['groups_total']:<4} {c['cpu_s']:>7.2f} "
-                     f"{c['peak_gib']:>5.2f} GiB")  # fmt: skip
-    ratios = {k: large[k] / small[k] for k in ("rows_read", "cpu_s", "peak_gib")}
-    bounded = "yes" if max(small["peak_gib"], large["peak_gib"]) <= 2 else "NO"
-    lines.append(f"species tile, {large['months']} / {small['months']} months: rows read "
-                 f"{ratios['rows_read']:.2f}x, CPU {ratios['cpu_s']:.2f}x, peak RSS "
-                 f"{ratios['peak_gib']:.2f}x (target ~1: a month's cost does not grow with "
-                 f"the window); peak <= 2 GiB: {bounded}")  # fmt: skip
+def report(small: dict[str, Any] | None, large: dict[str, Any] | None,
+           atm: dict[str, Any] | None, gbif: list[dict[str, Any]] | None = None
+           ) -> str:  # fmt: skip
+    """The printed figures; ``small`` and ``large`` are None with ``--no-species``."""
+    lines = [] if small is None or large is None else _species_lines(small, large)
     for g in gbif or []:
         lines.append(f"gbif sample {g['months']:>3} months: {g['records']:>10,} records, CPU "
                      f"{g['cpu_s']:.1f} s, peak RSS {g['peak_gib']:.2f} GiB")  # fmt: skip
@@ -265,6 +257,23 @@ def report(small: dict[str, Any], large: dict[str, Any], atm: dict[str, Any] | N
     return "\n".join(lines)
 
 
+def _species_lines(small: dict[str, Any], large: dict[str, Any]) -> list[str]:
+    lines = [f"{'window':>10} {'records':>11} {'MiB':>7} {'month':>8} {'rows read':>10} "
+             f"{'groups':>9} {'CPU s':>7} {'peak RSS':>9}"]  # fmt: skip
+    for c in (small, large):
+        lines.append(f"{c['months']:>7} mo {c['records']:>11,} {c['mib_on_disk']:>7.1f} "
+                     f"{c['period']:>8} {c['rows_read']:>10,} "
+                     f"{c['groups_read']:>4}/{c['groups_total']:<4} {c['cpu_s']:>7.2f} "
+                     f"{c['peak_gib']:>5.2f} GiB")  # fmt: skip
+    ratios = {k: large[k] / small[k] for k in ("rows_read", "cpu_s", "peak_gib")}
+    bounded = "yes" if max(small["peak_gib"], large["peak_gib"]) <= 2 else "NO"
+    lines.append(f"species tile, {large['months']} / {small['months']} months: rows read "
+                 f"{ratios['rows_read']:.2f}x, CPU {ratios['cpu_s']:.2f}x, peak RSS "
+                 f"{ratios['peak_gib']:.2f}x (target ~1: a month's cost does not grow with "
+                 f"the window); peak <= 2 GiB: {bounded}")  # fmt: skip
+    return lines
+
+
 def _run_tiles(args: argparse.Namespace) -> int:
     if not 1 <= args.month <= min(args.small_months, args.large_months):
         raise ValueError(f"--month {args.month}: must be a month of both windows "
@@ -274,8 +283,9 @@ def _run_tiles(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     species = species_csv(workdir / "species.csv")
     tag = f"{grid.n_lat}x{grid.n_lon}-{args.records_per_month}"
-    small, large = (species_case(workdir / f"species-{tag}-{m}", m, args, grid, species)
-                    for m in (args.small_months, args.large_months))  # fmt: skip
+    small, large = (None, None) if args.no_species else (
+        species_case(workdir / f"species-{tag}-{m}", m, args, grid, species)
+        for m in (args.small_months, args.large_months))  # fmt: skip
     gbif = [gbif_sample_case(workdir, m, grid, species) for m in args.gbif_sample_months or []]
     atm = None if args.no_atmospheric else atmospheric_case(workdir, args.step)
     print(f"grid {grid.n_lat} x {grid.n_lon}, step {args.step}, {SPECIES} species, "
@@ -283,7 +293,8 @@ def _run_tiles(args: argparse.Namespace) -> int:
     print(report(small, large, atm, gbif))
     if args.json:
         figures = {"grid": [grid.n_lat, grid.n_lon], "step": args.step,
-                   "species": [small, large], "gbif_sample": gbif,
+                   "species": None if args.no_species else [small, large],
+                   "gbif_sample": gbif,
                    "atmospheric": atm}  # fmt: skip
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
@@ -302,6 +313,8 @@ def register(actions: argparse._SubParsersAction) -> None:
     t.add_argument("--large-months", type=int, default=120, help="large window (default 120)")
     t.add_argument("--month", type=int, default=6, help="the month tiled (n-th; default 6)")
     t.add_argument("--no-atmospheric", action="store_true", help="skip the atmospheric tile")
+    t.add_argument("--no-species", action="store_true",
+                   help="skip the species tile (small and large window)")  # fmt: skip
     t.add_argument(
         "--gbif-sample-months",
         type=int,

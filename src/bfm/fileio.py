@@ -23,6 +23,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def netcdf_chunk_cache(size: int) -> Iterator[None]:
+    """Within the block, netCDF files opened or variables created get a chunk cache of
+    ``size`` bytes per variable (netCDF-C's default is 64 MiB, kept while the file is open:
+    a job that reads or writes each chunk once needs little of it). The old default is
+    restored after."""
+    import netCDF4
+
+    old = netCDF4.get_chunk_cache()
+    netCDF4.set_chunk_cache(size, old[1], old[2])
+    try:
+        yield
+    finally:
+        netCDF4.set_chunk_cache(*old)
+
+
 def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

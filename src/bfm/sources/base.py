@@ -15,7 +15,9 @@ A source is one module (``bfm/sources/<name>.py``, or a plugin module named in t
 - ``open(files, modality, study)``: read raw files into a normalised native ``xr.Dataset``;
 - ``to_tile(native, modality, study, period, prov)``: pure, native Dataset -> tile Dataset on
   the study's grid and time axis (``bfm.contracts.tile``); ``tile(files, ...)`` is
-  ``to_tile(open(files))`` unless a source reads only part of its files per period.
+  ``to_tile(open(files))`` unless a source reads only part of its files per period;
+  ``write_tile(files, ..., path)`` is ``bfm.contracts.tile.write_tile(tile(files, ...))``
+  unless a source makes its tile one variable at a time (``tiling.gridded_parts``: ERA5).
 
 A source that ``combines`` others (``occurrences``: mode ``combine``) writes its raw file from
 their raw files (its ``raw_inputs``) with ``combine(name, out, study)``.
@@ -234,6 +236,17 @@ class Source(ABC):
             return self.to_tile(native, modality, study, period, prov)
         finally:
             native.close()
+
+    def write_tile(self, files: Sequence[str | Path], modality: Modality, study: Study,
+                   period: str, prov: Mapping[str, str], path: str | Path) -> Path:  # fmt: skip
+        """Build the tile (``tile``) and write it to ``path`` (``contract.write_tile``).
+
+        A source that makes its tile one data variable at a time overrides this to write each
+        as it is made (``contract.write_tile_parts``): the same file, a smaller peak memory.
+        """
+        from bfm.contracts import tile as contract
+
+        return contract.write_tile(self.tile(files, modality, study, period, prov), path)
 
     @abstractmethod
     def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from bfm.contracts import tile as tile_contract
 from bfm.contracts import timeaxis
 from bfm.contracts.catalogue import DEFAULT_LEVELS, Modality
 from bfm.contracts.grid import Grid
@@ -52,6 +53,8 @@ from bfm.sources.climate import Climate
 
 if TYPE_CHECKING:
     import xarray as xr
+
+    from bfm.contracts.tile import TileParts
 
 NATIVE_RES = 0.25
 # Options (sources.era5.options) that tune the transfer, not the file: no rerun when changed.
@@ -481,6 +484,28 @@ class ERA5(Source):
         period: str,
         prov: Mapping[str, str],
     ) -> xr.Dataset:
+        return self.tile_parts(native, modality, study, period, prov).dataset()
+
+    def write_tile(self, files: Sequence[str | Path], modality: Modality, study: Study,
+                   period: str, prov: Mapping[str, str], path: str | Path) -> Path:  # fmt: skip
+        """The tile written one variable at a time (peak memory: one variable of the month
+        in memory, not all of them); the same file as ``write_tile(tile(...))``."""
+        native = self.open(files, modality, study)
+        try:
+            parts = self.tile_parts(native, modality, study, period, prov)
+            return tile_contract.write_tile_parts(parts, path)
+        finally:
+            native.close()
+
+    def tile_parts(
+        self,
+        native: xr.Dataset,
+        modality: Modality,
+        study: Study,
+        period: str,
+        prov: Mapping[str, str],
+    ) -> TileParts:
+        """``to_tile`` as ``tiling.gridded_parts``: each variable made when iterated."""
         where = Path(native.encoding.get("source", "<era5 dataset>")).name
         unit = UNIT_OF_MODALITY[modality.name]
         kind = "invariants " if unit == "static" else ""
@@ -490,7 +515,7 @@ class ERA5(Source):
             "licence": LICENCE,
             "citation": CITATION,
         }
-        return tiling.gridded_tile(
+        return tiling.gridded_parts(
             native, modality, study.grid, study.times_in(period), study.step, period, attrs, prov
         )
 

@@ -12,6 +12,11 @@ month of 0.25 deg Europe pressure levels (1.6 GB of float32) is never in memory 
 the results are those of the whole-array computation bit for bit: the same values are summed
 in the same order (native time order), and the valid-range counts and the refusal threshold
 are over the whole field. :func:`take` cuts and reorders a lazy Dataset without loading it.
+
+The tile is made one variable at a time too: :func:`gridded_parts` yields each variable as it
+is computed, and ``contract.write_tile_parts`` writes it and lets it go before the next one
+(``bfm tile`` for ERA5), so a job holds one variable of the tile, not all of them (the same
+file as ``write_tile`` of :func:`gridded_tile`, byte for byte).
 """
 
 from __future__ import annotations
@@ -313,6 +318,21 @@ def gridded_tile(
     """Regrid a normalised native Dataset to the tile of ``period`` (the time rule, the
     valid-range rule, then each variable's catalogue regrid method); a lazy Dataset is read
     block by block (module doc)."""
+    return gridded_parts(raw, modality, grid, times, step, period, attrs, prov).dataset()
+
+
+def gridded_parts(
+    raw: xr.Dataset,
+    modality: Modality,
+    grid: Grid,
+    times: pd.DatetimeIndex,
+    step: str,
+    period: str,
+    attrs: Mapping[str, str],
+    prov: Mapping[str, str],
+) -> contract.TileParts:
+    """:func:`gridded_tile` one variable at a time (``contract.write_tile_parts`` writes each
+    as it is made): the frame and the checks of ``raw`` now, each variable when iterated."""
     import xarray as xr
 
     where = raw.encoding.get("source", f"<{modality.source} dataset>")
@@ -335,25 +355,7 @@ def gridded_tile(
     missing = [v for v in modality.variable_names if v not in raw]
     if missing:
         raise ValueError(f"{where}: missing variable(s) {missing} of {modality.name!r}")
-    data_vars = {}
-    for var in modality.variables:
-        field = raw[var.name]
-        if not modality.periodic and "time" in field.dims:
-            field = field.isel(time=0)
-        if set(field.dims) != set(dims):
-            raise ValueError(f"{where}: variable {var.name!r} has dims {field.dims}, need {dims}")
-        method: Regridder = REGRIDDERS[var.regrid]
-        if modality.periodic:
-            regrid_to = _regridder(method, native, grid)
-            out, n_bad, n_incomplete = _stream_mean(
-                field.transpose(*dims), var, index, len(times), regrid_to, where
-            )
-        else:
-            values, n_bad = mask_out_of_range(field.transpose(*dims).values, var, where)
-            out, n_incomplete = method(values, native, grid).astype(np.float32), 0
-        data_vars[var.name] = xr.Variable(
-            dims, out, {"n_out_of_range": n_bad, "n_incomplete": n_incomplete}
-        )
+    fields = {var.name: _field(raw, var, modality, where) for var in modality.variables}
     attrs = {
         **attrs,
         "history": f"bfm {__version__} tile {modality.name}: "
@@ -362,8 +364,34 @@ def gridded_tile(
     }
     if modality.periodic:
         attrs["step"] = step
-    ds = xr.Dataset(data_vars, coords=coords)
-    return contract.finish(ds, modality, grid, period, attrs, prov, time_method)
+    frame = contract.finish_frame(xr.Dataset(coords=coords), modality, grid, period, attrs, prov)
+
+    def variable(var: Variable) -> xr.Variable:
+        method: Regridder = REGRIDDERS[var.regrid]
+        if modality.periodic:
+            out, n_bad, n_incomplete = _stream_mean(
+                fields[var.name], var, index, len(times), _regridder(method, native, grid), where
+            )
+        else:
+            values, n_bad = mask_out_of_range(fields[var.name].values, var, where)
+            out, n_incomplete = method(values, native, grid).astype(np.float32), 0
+        qc = {"n_out_of_range": n_bad, "n_incomplete": n_incomplete}
+        return xr.Variable(dims, out, contract.finish_variable(qc, var, time_method))
+
+    # A generator: the variable made last is let go before the next one is made.
+    return contract.TileParts(frame, ((v.name, variable(v)) for v in modality.variables))
+
+
+def _field(raw: xr.Dataset, var: Variable, modality: Modality, where: str) -> xr.DataArray:
+    """``raw[var.name]`` (lazy) with the modality's tile dims, in order."""
+    field = raw[var.name]
+    if not modality.periodic and "time" in field.dims:
+        field = field.isel(time=0)
+    if set(field.dims) != set(modality.tile_dims):
+        raise ValueError(
+            f"{where}: variable {var.name!r} has dims {field.dims}, need {modality.tile_dims}"
+        )
+    return field.transpose(*modality.tile_dims)
 
 
 def _methods(modality: Modality) -> str:
