@@ -14,6 +14,8 @@ import torch
 
 from bfm.cli import main
 from bfm.contracts.batch import COMPRESSION, Compression, read_batch, write_batch
+from bfm.contracts.batch_io import BatchFile
+from bfm.contracts.sample import Sample
 from bfm.contracts.stats import load_stats
 from bfm.testing import PROVENANCE, mock_batch, random_values, write_sequence, write_stats
 from bfm.training import data as data_module
@@ -72,6 +74,31 @@ def test_loader_gives_the_samples_of_train_step_in_order(pairs: BatchPairs, work
         loader.close()
 
 
+def test_a_worker_refills_a_slot_only_once_its_micro_batch_is_unused(pairs: BatchPairs) -> None:
+    # 1 worker, prefetch 1: 4 shared-memory slots for 10 micro-batches. The odd ones are
+    # dropped at once (their slots are filled again), the even ones kept to the end: each
+    # stays the sample it was, none is overwritten by a later one.
+    order = Order(len(pairs), micro=1, seed=3)
+    loader = MicroBatches(pairs, order, 0, 10, workers=1, prefetch=1)
+
+    def want(k: int) -> object:
+        return Sample.collate([pairs.sample(i, compact=True) for i in order.indices(k)])
+
+    kept = {}
+    try:
+        for k in range(10):
+            got = loader.get(k)
+            assert _same(got, want(k)), k
+            if k % 2 == 0:
+                kept[k] = got
+            del got
+        assert loader.pool.free.shape == (1, 4) and loader.reused > 0
+    finally:
+        loader.close()
+    for k, got in kept.items():
+        assert _same(got, want(k)), k
+
+
 def test_pinning_maps_every_tensor_of_a_micro_batch(pairs: BatchPairs) -> None:
     # What the DataLoader's pin thread does on CUDA (MicroBatch.pin_memory), with clone for pin.
     sample = pairs.sample(0, compact=True)
@@ -98,16 +125,24 @@ def test_a_pair_reads_the_input_once_and_the_targets_second_time_only(
     pairs: BatchPairs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
+    read_into = BatchFile.read_into
 
-    def spy(path, require=(), only=None, time=None):
-        calls.append((Path(path).name, only, time))
-        return read_batch(path, require, only, time)
+    def spy(self, group, var, out, time=None):
+        calls.append((self.path.name, group, var, time))
+        return read_into(self, group, var, out, time)
 
-    monkeypatch.setattr(data_module, "read_batch", spy)
+    monkeypatch.setattr(BatchFile, "read_into", spy)
     pair = pairs.pairs[0]
     got = pairs[0]
     layout = pairs.layout
-    assert calls == [(pair.input.name, layout.groups, None), (pair.target.name, layout.dynamic, 1)]
+    want = [
+        (pair.input.name, g, v, t)
+        for g in layout.groups
+        for v in layout.variables(g)
+        for t in ((None,) if g == "static" else (0, 1))
+    ]
+    want += [(pair.target.name, g, v, 1) for g in layout.dynamic for v in layout.variables(g)]
+    assert calls == want  # each field once, straight into the sample's arrays
     assert "static" in layout.groups and "static" not in layout.dynamic
     # The same sample as from both files read whole, as the loader did before.
     whole = to_sample(read_batch(pair.input), read_batch(pair.target), layout, pairs.norm)

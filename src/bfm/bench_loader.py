@@ -9,8 +9,9 @@ temporary folder once per compression (``bfm.contracts.batch.Compression``). Per
 
 - write: CPU seconds per batch (``write_batch``, atomic, with checksums);
 - read: CPU seconds to read and decode a whole batch (``read_batch``; median), and a training
-  pair as the loader reads it (the input's groups, the target's dynamic groups at its second
-  time) beside both files read whole, as before;
+  pair as the loader reads it (``bfm.training.fill.read_pair``: the input's groups, the
+  target's dynamic groups at its second time, decoded into the sample's arrays) beside both
+  files read whole, as before;
 - MB per batch on disk, the compression ratio and the decoded MB per CPU second.
 
 CPU seconds of this process (``time.process_time``), not wall time, so that other work on a
@@ -22,7 +23,16 @@ pairs for each of ``--workers`` (0 = in the calling process): samples per second
 time; the first micro-batch, which starts the workers, is not timed), per worker, the ratio to
 1 worker, and the CPU seconds per sample of this process and its workers together (what a
 sample costs a core, whatever else the machine runs). With fewer cores than workers + 1 the
-workers share the cores: read the ratios with the CPU count (printed) in mind.
+workers share the cores: read the ratios with the CPU count (printed) in mind. A worker makes
+its shared-memory slots (``bfm.training.fill.SlotPool``, prefetch + 3) in its first samples
+and reuses them after: the default 6 passes (30 samples) show mostly what training sees.
+
+Measured at the Europe grid (benchmarks/README.md): a sample costs 0.16-0.19 CPU s in a
+worker (0.42 before the slots and the in-place decoding), 0.18 in-process (0.21). Of a
+worker's sample, HDF5's decoding of the 72 MB it reads is ~45 % (its Blosc/LZ4 filter,
+Fletcher-32 checksums, copies from the page cache and from the chunk buffer), the float64
+normalisation that keeps the samples bit for bit what they were ~25 %, h5py's per-object
+calls the rest.
 
 Examples:
 
@@ -101,19 +111,24 @@ def write_batches(directory: Path, batches: Sequence[Any], compression: str
 
 
 def time_reads(paths: Sequence[Path], repeat: int = 2) -> dict[str, float]:
-    """Median seconds to read a whole batch, and a pair as the training loader reads it."""
+    """Median seconds to read a whole batch, and a pair as the training loader reads it
+    (``bfm.training.fill.read_pair``: decoded into the sample's arrays, before normalising)."""
     from bfm.contracts.batch import read_batch
+    from bfm.contracts.batch_io import BatchFile
     from bfm.contracts.layout import Layout
+    from bfm.training.fill import SampleArrays, read_pair
 
-    layout = Layout.from_batch(read_batch(paths[0]))
+    first = read_batch(paths[0])
+    layout = Layout.from_batch(first)
+    out = SampleArrays.allocate(layout, first.grid, 1, shared=False)
     whole, pair, raw = [], [], 0
     for _ in range(repeat):
         for x, y in zip(paths[:-1], paths[1:], strict=True):
             t0 = time.process_time()
             b = read_batch(x)
             t1 = time.process_time()
-            read_batch(x, only=layout.groups)
-            read_batch(y, only=layout.dynamic, time=1)
+            with BatchFile(x) as fx, BatchFile(y) as fy:
+                read_pair(fx, fy, layout, first.grid, out, 0)
             t2 = time.process_time()
             whole.append(t1 - t0)
             pair.append(t2 - t1)
@@ -143,9 +158,12 @@ def compare_compressions(tmp: Path, batches: Sequence[Any], compressions: Sequen
     return rows
 
 
-def loader_rate(paths: Sequence[Path], workers: int, passes: int, prefetch: int
-                ) -> dict[str, Any]:  # fmt: skip
-    """Samples per second of ``MicroBatches`` (micro-batch 1) over ``passes`` passes."""
+def loader_rate(paths: Sequence[Path], workers: int, passes: int, prefetch: int,
+                device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+    """Samples per second of ``MicroBatches`` (micro-batch 1) over ``passes`` passes; on a
+    CUDA ``device`` pinned, as ``bfm train`` has them, and each one copied onto the card."""
+    import torch
+
     from bfm.contracts.stats import load_stats
     from bfm.testing import write_stats
     from bfm.training.data import BatchPairs, MicroBatches, Order
@@ -156,19 +174,29 @@ def loader_rate(paths: Sequence[Path], workers: int, passes: int, prefetch: int
     data = BatchPairs(list(paths), load_stats(stats_path))
     order = Order(len(data), 1, seed=0)
     total = 1 + passes * len(data)
-    loader = MicroBatches(data, order, 0, total, workers=workers, prefetch=prefetch)
+    cuda = device.startswith("cuda")
+    loader = MicroBatches(data, order, 0, total, workers=workers, prefetch=prefetch,
+                          pin_memory=cuda)  # fmt: skip
+
+    def take(k: int) -> None:
+        sample = loader.get(k)
+        if cuda:
+            sample.to(device, torch.float32)
+
     cpu = _cpu_seconds()  # CPU: every sample, the first too (the workers make them all)
     try:
-        loader.get(0)  # not timed: the workers start, the first files are opened
+        take(0)  # not timed: the workers start, the first files are opened
         started = time.perf_counter()
         for k in range(1, total):
-            loader.get(k)
+            take(k)
+        if cuda:
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - started
     finally:
         loader.close()  # joins the workers: their CPU time is counted once they are gone
     cpu = _cpu_seconds() - cpu
     rate = (total - 1) / seconds
-    return {"workers": workers, "samples": total - 1, "seconds": seconds,
+    return {"workers": workers, "device": device, "samples": total - 1, "seconds": seconds,
             "samples_per_s": rate, "per_worker": rate / max(workers, 1),
             "cpu_s_per_sample": cpu / total}  # fmt: skip
 
@@ -256,7 +284,9 @@ def register(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=int, default=6, help="mock batches (default 6: 5 pairs)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
                    help="loader worker counts to time (default: 0 1 2)")  # fmt: skip
-    p.add_argument("--passes", type=int, default=2, help="passes over the pairs (default 2)")
+    p.add_argument("--passes", type=int, default=6,
+                   help="passes over the pairs (default 6: the workers' slots are made in the "
+                   "first few samples, the rest is what training sees)")  # fmt: skip
     p.add_argument("--prefetch", type=int, default=2, help="micro-batches read ahead per worker")
     p.add_argument("--compressions", nargs="+", default=[str(c) for c in Compression],
                    choices=[str(c) for c in Compression],

@@ -34,7 +34,10 @@ which registers the filter with h5py; any other reader (xarray, h5py alone) must
 
 Reading part of a batch: ``read_batch(only=groups, time=0 or 1)`` decodes only those groups
 and, of their time-dependent fields, only that time (the training target needs the next
-batch's dynamic groups at its second time alone).
+batch's dynamic groups at its second time alone). Fast paths over the same files live in
+``bfm.contracts.batch_io``: ``BatchFile`` (fields decoded into the caller's arrays, the
+training loader's) and ``BatchWriter`` (a month of batches from one template, ``bfm
+batches``).
 """
 
 from __future__ import annotations
@@ -183,7 +186,9 @@ def write_batch(batch: Batch, path: str | Path, provenance: dict[str, str],
 
 
 def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str],
-           compress: dict[str, Any]) -> None:  # fmt: skip
+           compress: dict[str, Any], data: bool = True) -> None:  # fmt: skip
+    """The batch's groups, variables, dimension scales and attributes; its fields' values
+    too unless not ``data`` (``bfm.contracts.batch_io.BatchWriter``'s template)."""
     g = batch.grid
     f.dimensions = {"time": 2, "latitude": g.n_lat, "longitude": g.n_lon}
     seconds = np.array([pd.Timestamp(t).value // 10**9 for t in batch.times], dtype=np.int64)
@@ -223,24 +228,27 @@ def _write(f: h5netcdf.File, batch: Batch, provenance: dict[str, str],
             v = grp.create_variable(
                 var,
                 spec.batch_dims,
-                data=arr,
+                dtype=arr.dtype,
+                data=arr if data else None,
                 chunks=_chunks(arr.shape),
                 **compress,
                 fletcher32=True,  # a checksum per chunk: damaged bytes fail loudly on read
                 fillvalue=np.float32(np.nan),
             )
             v.attrs["units"] = spec.variable(var).units
-    f.attrs.update(
-        {
-            "schema": SCHEMA,
-            "times": json.dumps([pd.Timestamp(t).isoformat() for t in batch.times]),
-            "step": batch.step,
-            "grid": g.to_json(),
-            "groups": json.dumps(sorted(batch.groups)),
-            **{k: str(v) for k, v in batch.attrs.items()},
-            **provenance,
-        }
-    )
+    f.attrs.update(_root_attrs(batch, provenance))
+
+
+def _root_attrs(batch: Batch, provenance: dict[str, str]) -> dict[str, str]:
+    return {
+        "schema": SCHEMA,
+        "times": json.dumps([pd.Timestamp(t).isoformat() for t in batch.times]),
+        "step": batch.step,
+        "grid": batch.grid.to_json(),
+        "groups": json.dumps(sorted(batch.groups)),
+        **{k: str(v) for k, v in batch.attrs.items()},
+        **provenance,
+    }
 
 
 def _coord(parent: h5netcdf.Group, name: str, data: np.ndarray, **attrs: str) -> None:
@@ -297,8 +305,8 @@ def read_batch(path: str | Path, require: tuple[str, ...] = (),
         ) from err
 
 
-def _read(f: h5py.File, path: Path, require: tuple[str, ...],
-          only: tuple[str, ...] | None = None, time: int | None = None) -> Batch:  # fmt: skip
+def _header(f: h5py.File, path: Path) -> tuple[Grid, tuple[pd.Timestamp, ...], list[str]]:
+    """The checked root of a batch file: its grid, times and the groups it lists."""
     schema = _attr(f, path, "schema")
     if schema != SCHEMA:
         raise BatchError(f"{path}: attribute 'schema' is {schema!r}, expected {SCHEMA!r}")
@@ -321,6 +329,12 @@ def _read(f: h5py.File, path: Path, require: tuple[str, ...],
     for name, expected in (("latitude", grid.latitudes), ("longitude", grid.longitudes)):
         if coords[name].shape != expected.shape or not np.allclose(coords[name], expected):
             raise BatchError(f"{path}: dataset {name!r} does not match the grid {grid}")
+    return grid, times, names
+
+
+def _read(f: h5py.File, path: Path, require: tuple[str, ...],
+          only: tuple[str, ...] | None = None, time: int | None = None) -> Batch:  # fmt: skip
+    grid, times, names = _header(f, path)
     groups: dict[str, dict[str, np.ndarray]] = {}
     levels, species = np.zeros(0, np.int64), np.zeros(0, np.int64)
     for gname in names:

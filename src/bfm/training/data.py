@@ -10,8 +10,10 @@ normalising, and the target keeps a mask of its finite values so that the loss i
 missing ones. Samples are ``bfm.contracts.sample.Sample`` records.
 
 Reading: a pair reads each of its two files once, and only what the sample needs: the
-input's layout groups at both times, the target's dynamic groups at its second time
-(``read_batch(only=..., time=1)``), never its static fields or first time.
+input's layout groups at both times, the target's dynamic groups at its second time, never
+its static fields or first time. ``BatchPairs.sample`` decodes them straight into the
+sample's arrays (``bfm.training.fill``: each field once, normalised in place, bit for bit
+``to_sample`` of ``load``'s two batches); ``load`` and ``to_sample`` remain for evaluation.
 
 Feeding the model (``MicroBatches``): ``bfm train`` takes micro-batches from a
 ``torch.utils.data.DataLoader`` whose worker processes (``train.loader_workers``, 0 = in the
@@ -20,7 +22,11 @@ training process) read, normalise and collate them ahead of the step that needs 
 overlaps the model's compute. Micro-batch ``k`` of a rank holds the samples
 ``bfm.training.engine.sample_indices(n, k * world + rank, micro, seed)``, the order of a
 single process reading in the step (resumed runs start at the checkpoint's micro-batch), and
-the loader hands them over in that order whatever the number of workers.
+the loader hands them over in that order whatever the number of workers. A worker collates
+a micro-batch in place, into one of its shared-memory slots (``bfm.training.fill.SlotPool``),
+which it fills again once the training process no longer references what it was handed: no
+copy between the processes and no fresh page of shared memory per sample (``bfm bench
+loader``: a worker's CPU per sample halved at the Europe grid).
 """
 
 from __future__ import annotations
@@ -36,11 +42,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bfm.contracts.batch import Batch, batch_attrs, read_batch
+from bfm.contracts.batch_io import BatchFile
 from bfm.contracts.catalogue import DimsKind
 from bfm.contracts.layout import Layout, Normaliser
 from bfm.contracts.sample import ModelInput, Sample
 from bfm.contracts.stats import Stats
 from bfm.training.engine import sample_indices
+from bfm.training.fill import SampleArrays, SlotPool, fill_sample
 
 DEFAULT_WORKERS = 2  # train.loader_workers
 DEFAULT_PREFETCH = 2  # train.prefetch: micro-batches each worker reads ahead
@@ -215,9 +223,19 @@ class BatchPairs(Dataset):
         return self.sample(i)
 
     def sample(self, i: int, compact: bool = False) -> Sample:
-        """Sample ``i``; ``compact``: bool input masks (``to_sample``)."""
-        x, y = self.load(i)
-        return to_sample(x, y, self.layout, self.norm, compact)
+        """Sample ``i``, ``to_sample(*self.load(i), ...)`` bit for bit; ``compact``: bool input
+        masks (``to_sample``)."""
+        # Ordinary memory: a DataLoader over this dataset collates into shared memory itself
+        out = SampleArrays.allocate(self.layout, self.grid, 1, shared=False)
+        self.fill(i, out, 0)
+        return out.sample(batched=False, compact=compact)
+
+    def fill(self, i: int, out: SampleArrays, b: int) -> None:
+        """Sample ``i`` decoded straight into sample ``b`` of ``out`` (``fill_sample``): what
+        ``load`` reads, with the same checks, and no copy of it."""
+        pair = self.pairs[i]
+        with BatchFile(pair.input) as x, BatchFile(pair.target) as y:
+            fill_sample(x, y, self.layout, self.norm, self.grid, out, b)
 
     @property
     def names(self) -> list[str]:
@@ -262,9 +280,12 @@ class MicroBatch:
 
     k: int
     sample: Sample
+    slot: tuple[int, int] | None = None  # the worker's SlotPool slot it lies in, if any
+    source: Sample | None = None  # pinned: the slot's tensors it was copied from
 
     def pin_memory(self) -> MicroBatch:
-        return MicroBatch(self.k, _map_tensors(self.sample, lambda t: t.pin_memory()))
+        pinned = _map_tensors(self.sample, lambda t: t.pin_memory())
+        return MicroBatch(self.k, pinned, self.slot, source=self.sample)
 
 
 def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -284,12 +305,15 @@ class MicroBatchSet(Dataset):
     The input masks travel as bool (``to_sample(compact=True)``): ~30 % fewer bytes to pass
     between processes and to copy to the GPU; ``Sample.to`` makes them the model's dtype."""
 
-    def __init__(self, data: BatchPairs, order: Order) -> None:
-        self.data, self.order = data, order
+    def __init__(self, data: BatchPairs, order: Order, pool: SlotPool | None = None) -> None:
+        self.data, self.order, self.pool = data, order, pool or SlotPool(0, 0)
 
     def __getitem__(self, k: int) -> MicroBatch:
-        samples = [self.data.sample(i, compact=True) for i in self.order.indices(k)]
-        return MicroBatch(k, Sample.collate(samples))
+        indices = self.order.indices(k)
+        out, slot = self.pool.take(self.data.layout, self.data.grid, len(indices))
+        for b, i in enumerate(indices):  # collated in place: no copy of the samples
+            self.data.fill(i, out, b)
+        return MicroBatch(k, out.sample(), slot)
 
 
 def _as_is(item: Any) -> Any:
@@ -312,8 +336,14 @@ class MicroBatches:
                 f"{workers} and {prefetch}"
             )
         self.next = first
+        # Slots per worker: its prefetched micro-batches, the one in use and the one before it
+        # (``batch = loader.get(k)`` drops the old batch only once get returns), a spare.
+        self.pool = SlotPool(workers, prefetch + 3)
+        self._held: dict[tuple[int, int], torch.UntypedStorage] = {}  # slot -> its storage
+        self._out: set[tuple[int, int]] = set()  # slots handed out, not yet freed
+        self.reused = 0  # micro-batches that came in a slot seen before
         self.loader = DataLoader(
-            MicroBatchSet(data, order),
+            MicroBatchSet(data, order, self.pool),
             batch_size=None,  # items are whole micro-batches already
             sampler=range(first, stop),
             num_workers=workers,
@@ -326,14 +356,40 @@ class MicroBatches:
     def get(self, k: int) -> Sample:
         if k != self.next or self._it is None:
             raise RuntimeError(f"micro-batch {k} asked for; the loader's next is {self.next}")
+        self._free_unused()
         item = next(self._it)
         assert item.k == k, f"the loader gave micro-batch {item.k} for {k}"
         self.next += 1
+        if item.slot is not None:
+            storage = (item.source or item.sample).t0.untyped_storage()
+            self.reused += item.slot in self._held
+            # Holding the slot's storage keeps it mapped here: when the slot comes back,
+            # torch finds that mapping (by the file's inode) and maps or faults nothing anew.
+            self._held[item.slot] = storage
+            if item.source is None:
+                self._out.add(item.slot)  # handed out as it is: freed once unused
+            else:
+                self.pool.release(item.slot)  # pinned: a copy was handed out
         return item.sample
+
+    def _free_unused(self) -> None:
+        """Free the slots of handed-out micro-batches none of whose tensors is referenced any
+        more (the storage's use count is our handle's alone)."""
+        for slot in [s for s in self._out if _use_count(self._held[s]) == 1]:
+            self._out.discard(slot)
+            self.pool.release(slot)
 
     def close(self) -> None:
         """Stop the worker processes (also when the last micro-batch was not taken)."""
         self._it = None
+        self._held.clear()
+        self._out.clear()
+
+
+def _use_count(storage: torch.UntypedStorage) -> int:
+    """How many references (tensors, views, storage handles) the storage has: what torch's
+    own ``StorageWeakRef.expired`` reads."""
+    return int(torch._C._storage_Use_Count(storage._cdata))
 
 
 LOADER_KEYS = ("loader_workers", "prefetch")  # config train.*: how samples are read, not which
