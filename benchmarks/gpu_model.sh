@@ -2,7 +2,9 @@
 # The model on a GPU (H100/H200): seconds per step, samples/s and model FLOPs utilisation of
 # the medium preset at Europe's 153 x 321 cells, both backbones, bf16 autocast, FlashAttention
 # / memory-efficient attention through scaled_dot_product_attention, with and without
-# torch.compile. One short run (~5 min with the install); figures to $OUT (or ./bench-gpu).
+# torch.compile, and activation checkpointing against none (memory and step time ratios);
+# the training loader (4 workers, pinned memory) beside each. One short run (~6 min with the
+# install); figures to $OUT (or ./bench-gpu).
 #
 #   bash benchmarks/gpu_model.sh            # on a GPU node, from the repository root
 #
@@ -20,3 +22,6 @@ for bs in 1 4; do
 done
 bfm bench model --presets medium --backbones swin3d mvit --batch-size 4 --compile \
   "${common[@]}" --json "$out/medium_b4_compiled.json" 2>&1 | tee "$out/medium_b4_compiled.log"
+bfm bench model --presets medium --backbones swin3d mvit --batch-size 4 \
+  --activation-checkpointing both --loader-batches 0 --device cuda --bf16 --grid 153x321 \
+  --steps 5 --json "$out/medium_b4_checkpointing.json" 2>&1 | tee "$out/medium_b4_checkpointing.log"

@@ -61,3 +61,18 @@ def test_bench_dag_times_two_windows_of_the_study(tmp_path, capsys, monkeypatch)
     # the demo's two months: the short window is one year of the same months
     assert case["full"]["jobs"]["batches"] == 2 and case["short"]["jobs"]["batches"] == 2
     assert case["full"]["seconds"] > 0 and case["ratio"] > 0
+
+
+def test_bench_model_compares_activation_checkpointing(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "model", "--presets", "tiny", "--backbones", "swin3d", "--grid", "17x25"]
+    args += ["--steps", "1", "--loader-batches", "0", "--threads", "1", "--json", str(out)]
+    assert main([*args, "--activation-checkpointing", "both"]) == 0
+    cases = {r["checkpointing"]: r for r in json.loads(out.read_text())["model"]}
+    assert set(cases) == {False, True}
+    assert cases[True]["parameters"] == cases[False]["parameters"]
+    # The backward pass runs the checkpointed blocks' forward again: more FLOPs a step.
+    assert cases[True]["flops_per_step"] > cases[False]["flops_per_step"]
+    printed = capsys.readouterr().out
+    assert "tiny    swin3d  ckpt" in printed
+    assert "activation checkpointing, tiny swin3d: model memory" in printed

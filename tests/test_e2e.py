@@ -154,6 +154,25 @@ def test_held_out_scores_and_report(demo_run):
 
 
 @pytest.mark.slow
+def test_every_job_recorded_its_cost(demo_run, plan):
+    """Each job of a rule that runs on a compute node wrote Snakemake's benchmark beside its
+    log (results/benchmarks/), which `bfm bench rules --from` reads, memory included."""
+    from bfm.bench_rules import collect
+
+    jobs = collect(demo_run / "results/benchmarks", demo_run / "logs")
+    rules = {"sample", "combine", "tile", "species_table", "batches", "stats_partial", "stats",
+             "train", "climatology", "species_glm", "evaluate", "predict", "finetune",
+             "report_loss", "report_scores", "report_lead", "report_error_maps",
+             "report_forecast_maps", "report_suitability_maps", "report_sdm",
+             "report_ablations"}  # fmt: skip
+    assert {j.rule for j in jobs} == rules
+    tiles = [j for j in jobs if j.rule == "tile"]
+    assert len(tiles) == sum(len(plan.tile_periods(m)) for m in plan.modalities)
+    assert len([j for j in jobs if j.rule == "train"]) == 1 + len(plan.ablations)
+    assert all(j.seconds > 0 and j.rss_mib and j.rss_mib > 10 for j in jobs)
+
+
+@pytest.mark.slow
 def test_every_report_figure_is_displayed_in_a_browser(demo_run):
     from tests.browser import assert_figures_displayed
 

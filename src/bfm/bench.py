@@ -16,9 +16,9 @@ being the peak minus the child's resident memory before the model was built.
 
 Then the loader: ``--loader-batches`` mock batches of every group at the grid are written to
 a temporary folder (HDF5, as ``bfm batch`` writes them) with their statistics, and the
-training data set (``bfm.training.data.BatchPairs``) reads them through a DataLoader with
-``--workers`` worker processes for two passes: samples per second beside the slowest case's
-consumption.
+training loader (``bfm.training.data.MicroBatches``, as ``bfm train`` runs it: ``--workers``
+worker processes; on CUDA pinned and copied onto the card) reads them for two passes:
+samples per second beside the fastest case's consumption.
 
 Examples:
 
@@ -30,6 +30,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import multiprocessing
@@ -62,6 +63,7 @@ OVERVIEW = """bfm bench: the pipeline's performance figures, each as ratios meas
     bfm bench batches   a month of batches: CPU per batch, MB, memory, against dd; projection
     bfm bench loader    the training loader: samples/s for 0, 1, 2 workers; compressions
     bfm bench model     a training step: seconds, memory, FLOPs (MFU on a GPU)
+    bfm bench rules     each rule's measured memory and runtime beside the Snellius profile's
 
 bfm bench BENCH --help explains each one."""
 
@@ -78,6 +80,7 @@ class Case:
     compile: bool
     batch_size: int
     threads: int | None
+    checkpointing: bool = False
 
 
 def study_layout() -> Any:
@@ -126,6 +129,7 @@ def run_case(case: Case) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from bfm.model import BFM, build_config, count_parameters
+    from bfm.model.backbone import set_activation_checkpointing
     from bfm.model.loss import masked_loss
     from bfm.testing import mock_model_input, mock_species_table
 
@@ -138,6 +142,7 @@ def run_case(case: Case) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg = build_config(case.preset, layout, backbone=case.backbone, species_dims=TABLE_DIMS)
     model = BFM(cfg, None, table).to(device)
+    set_activation_checkpointing(model, case.checkpointing)
     step_model = torch.compile(model) if case.compile else model
     x = mock_model_input(layout, case.batch_size, case.h, case.w, lat_max=72.0, lon_min=-30.0,
                          res=0.25).to(device, torch.float32)  # fmt: skip
@@ -209,19 +214,18 @@ def run_isolated(case: Case) -> dict[str, Any]:
     return dict(result)
 
 
-def loader_throughput(h: int, w: int, n_batches: int, workers: int, threads: int | None
-                      ) -> dict[str, Any]:  # fmt: skip
-    """Samples per second of the training data set over ``n_batches`` mock study batches."""
+def loader_throughput(h: int, w: int, n_batches: int, workers: int, threads: int | None,
+                      device: str = "cpu") -> dict[str, Any]:  # fmt: skip
+    """Samples per second of the training loader (``bfm.bench_loader.loader_rate``: the
+    ``MicroBatches`` of ``bfm train``, pinned and copied to ``device`` on CUDA) over two
+    passes of ``n_batches`` mock study batches."""
     import torch
-    from torch.utils.data import DataLoader
 
+    from bfm.bench_loader import loader_rate
     from bfm.contracts import catalogue
     from bfm.contracts.catalogue import DEFAULT_LEVELS
     from bfm.contracts.grid import Grid
-    from bfm.contracts.sample import Sample
-    from bfm.contracts.stats import load_stats
     from bfm.testing import random_values, write_sequence, write_stats
-    from bfm.training.data import BatchPairs
 
     if threads:
         torch.set_num_threads(threads)
@@ -232,25 +236,16 @@ def loader_throughput(h: int, w: int, n_batches: int, workers: int, threads: int
         paths = write_sequence(Path(tmp), n_batches, grid=grid, levels=DEFAULT_LEVELS,
                                species=tuple(range(1, SPECIES + 1)), value=random_values(0),
                                groups=catalogue.groups())  # fmt: skip
-        stats = load_stats(write_stats(paths, Path(tmp) / "stats.json"))
+        write_stats(paths, Path(tmp) / "stats.json")
         written = time.perf_counter() - started
-        batch_files: list[str | Path] = list(paths)
-        data = BatchPairs(batch_files, stats)
-        loader = DataLoader(data, batch_size=1, shuffle=False, num_workers=workers,
-                            collate_fn=Sample.collate, persistent_workers=workers > 0)  # fmt: skip
-        for _ in loader:  # warm-up pass: workers started, files in the page cache
-            pass
-        started = time.perf_counter()
-        n = 0
-        for _ in range(2):
-            for _ in loader:
-                n += 1
-        seconds = time.perf_counter() - started
+        rate = loader_rate(list(paths), workers, passes=2, prefetch=2, device=device)
         size = sum(p.stat().st_size for p in paths) / len(paths)
     return {
         "workers": workers,
-        "samples": n,
-        "samples_per_s": n / seconds,
+        "device": device,
+        "samples": rate["samples"],
+        "samples_per_s": rate["samples_per_s"],
+        "cpu_s_per_sample": rate["cpu_s_per_sample"],
         "batch_file_bytes": int(size),
         "write_seconds_per_batch": written / n_batches,
     }
@@ -271,30 +266,37 @@ def _run_model(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is visible to PyTorch")
     results = []
-    for preset in args.presets:
-        for backbone in args.backbones:
-            case = Case(preset, backbone, h, w, args.steps, args.device, args.bf16,
-                        args.compile, args.batch_size, args.threads)  # fmt: skip
-            log.info("bench %s/%s at %dx%d on %s ...", preset, backbone, h, w, args.device)
-            r = run_case(case) if args.device.startswith("cuda") else run_isolated(case)
-            peak = args.peak_tflops or next(
-                (v for k, v in PEAK_TFLOPS.items() if k in r["device_name"]), None
-            )
-            r["mfu"] = r["tflops_per_s"] / peak if peak else None
-            results.append(r)
-            mfu = f"  MFU {100 * r['mfu']:.1f} %" if r["mfu"] is not None else ""
-            print(
-                f"{preset:7s} {backbone:7s} {r['parameters'] / 1e6:6.2f}M  {h}x{w} "
-                f"b{args.batch_size} {r['device_name']}: {r['seconds_per_step']:.3f} s/step, "
-                f"{r['samples_per_s']:.2f} samples/s, peak {_gib(r['peak_memory_bytes'])} "
-                f"(model {_gib(r['case_memory_bytes'])}), "
-                f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step, {r['tflops_per_s']:.3f} TFLOP/s"
-                f"{mfu}",
-                flush=True,
-            )
+    checkpointing = {"off": [False], "on": [True], "both": [False, True]}
+    cases = itertools.product(args.presets, args.backbones,
+                              checkpointing[args.activation_checkpointing])  # fmt: skip
+    for preset, backbone, recompute in cases:
+        case = Case(preset, backbone, h, w, args.steps, args.device, args.bf16,
+                    args.compile, args.batch_size, args.threads, recompute)  # fmt: skip
+        log.info("bench %s/%s at %dx%d on %s ...", preset, backbone, h, w, args.device)
+        r = run_case(case) if args.device.startswith("cuda") else run_isolated(case)
+        peak = args.peak_tflops or next(
+            (v for k, v in PEAK_TFLOPS.items() if k in r["device_name"]), None
+        )
+        r["mfu"] = r["tflops_per_s"] / peak if peak else None
+        results.append(r)
+        mfu = f"  MFU {100 * r['mfu']:.1f} %" if r["mfu"] is not None else ""
+        print(
+            f"{preset:7s} {backbone:7s}{' ckpt' if recompute else ''} "
+            f"{r['parameters'] / 1e6:6.2f}M  {h}x{w} "
+            f"b{args.batch_size} {r['device_name']}: {r['seconds_per_step']:.3f} s/step, "
+            f"{r['samples_per_s']:.2f} samples/s, peak {_gib(r['peak_memory_bytes'])} "
+            f"(model {_gib(r['case_memory_bytes'])}), "
+            f"{r['flops_per_step'] / 1e9:.1f} GFLOP/step, {r['tflops_per_s']:.3f} TFLOP/s"
+            f"{mfu}",
+            flush=True,
+        )
+    if args.activation_checkpointing == "both":
+        print_checkpointing(results)
     report: dict[str, Any] = {"model": results}
     if args.loader_batches:
-        loader = loader_throughput(h, w, args.loader_batches, args.workers, args.threads)
+        loader = loader_throughput(
+            h, w, args.loader_batches, args.workers, args.threads, args.device
+        )
         need = max(r["samples_per_s"] for r in results) if results else 0.0
         loader["model_samples_per_s"] = need
         report["loader"] = loader
@@ -310,8 +312,23 @@ def _run_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_checkpointing(results: list[dict[str, Any]]) -> None:
+    """Per preset and backbone: the model's memory and step time with activation
+    checkpointing against without (``--activation-checkpointing both``)."""
+    cases = {(r["preset"], r["backbone"], r["checkpointing"]): r for r in results}
+    for (preset, backbone, on), r in cases.items():
+        off = cases.get((preset, backbone, False))
+        if not on or off is None:
+            continue
+        memory = r["case_memory_bytes"] / max(off["case_memory_bytes"], 1)
+        step = r["seconds_per_step"] / off["seconds_per_step"]
+        print(f"activation checkpointing, {preset} {backbone}: model memory "
+              f"{_gib(off['case_memory_bytes'])} -> {_gib(r['case_memory_bytes'])} "
+              f"({memory:.2f}x), step time {step:.2f}x", flush=True)  # fmt: skip
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "bench", OVERVIEW, "benchmarks: dag, tiles, batches, loader, model")
+    p = add_command(sub, "bench", OVERVIEW, "benchmarks: dag, tiles, batches, loader, model, rules")
     actions = p.add_subparsers(title="benchmarks", metavar="BENCH", required=True)
     m = add_command(
         actions,
@@ -341,6 +358,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--compile", action="store_true", help="torch.compile the model")
     m.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     m.add_argument(
+        "--activation-checkpointing",
+        choices=["off", "on", "both"],
+        default="off",
+        help="recompute the backbone's activations (train.activation_checkpointing); both: "
+        "each case with and without, and the ratios of memory and step time (default off)",
+    )
+    m.add_argument(
         "--peak-tflops",
         type=float,
         default=None,
@@ -356,7 +380,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--json", default=None, help="also write the figures to this JSON file")
     m.set_defaults(func=_run_model)  # fmt: skip
     # The other benchmarks, each in a module of its own (one figure set each).
-    from bfm import bench_batches, bench_dag, bench_loader, bench_tiles
+    from bfm import bench_batches, bench_dag, bench_loader, bench_rules, bench_tiles
 
-    for module in (bench_dag, bench_tiles, bench_batches, bench_loader):
+    for module in (bench_dag, bench_tiles, bench_batches, bench_loader, bench_rules):
         module.register(actions)

@@ -72,17 +72,23 @@ def plan_seconds(cfg: dict[str, Any]) -> float:
     return time.perf_counter() - began
 
 
-def dry_run(cfg: dict[str, Any], snakefile: Path, workdir: Path) -> dict[str, Any]:
-    """Jobs per rule and seconds of ``snakemake -n`` for ``cfg`` in ``workdir``."""
+def write_workdir(cfg: dict[str, Any], snakefile: Path, workdir: Path) -> Path:
+    """``workdir`` with ``cfg`` as config.yaml (its path returned) and links to the checkout's
+    resources/ and config/ (the config's relative paths: species list, DeepSpeed JSON)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    # The config's relative paths (species list, resources) are the checkout's.
     root = snakefile.resolve().parent.parent
     for name in ("resources", "config"):
         link = workdir / name
         if not link.exists():
             link.symlink_to(root / name)
+    return config
+
+
+def dry_run(cfg: dict[str, Any], snakefile: Path, workdir: Path) -> dict[str, Any]:
+    """Jobs per rule and seconds of ``snakemake -n`` for ``cfg`` in ``workdir``."""
+    config = write_workdir(cfg, snakefile, workdir)
     cmd = [
         sys.executable,
         "-m",

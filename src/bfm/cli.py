@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "species-glm": ("bfm.evaluation.species_glm", "Poisson GLM baseline of the species scores"),
     "finetune": ("bfm.evaluation.sdm", "species distribution models on the BFM vs GLM, MaxEnt"),
     "report": ("bfm.report", "figures and tables for the Snakemake report"),
-    "bench": ("bfm.bench", "benchmarks: dag, tiles, batches, loader, model"),
+    "bench": ("bfm.bench", "benchmarks: dag, tiles, batches, loader, model, rules"),
 }
 
 

@@ -13,6 +13,8 @@ rule batches:
         eval="results/batches/lists/{period}.eval.txt",
     log:
         "logs/batches/{period}.log",
+    benchmark:
+        "results/benchmarks/batches/{period}.tsv"
     conda:
         "../../envs/geo.yaml"
     params:
@@ -33,6 +35,8 @@ rule batch:
         "results/batches/{t0}.h5",
     log:
         "logs/batch/{t0}.log",
+    benchmark:
+        "results/benchmarks/batch/{t0}.tsv"
     conda:
         "../../envs/geo.yaml"
     params:

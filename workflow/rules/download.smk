@@ -17,6 +17,8 @@ rule sample:
         "results/raw/{source}/{name}",
     log:
         "logs/sample/{source}/{name}.log",
+    benchmark:
+        "results/benchmarks/sample/{source}/{name}.tsv"
     wildcard_constraints:
         source=one_of(PLAN.sources_in_mode("sample")),
     conda:
@@ -60,6 +62,8 @@ rule combine:
         "results/raw/{source}/{name}",
     log:
         "logs/combine/{source}/{name}.log",
+    benchmark:
+        "results/benchmarks/combine/{source}/{name}.tsv"
     wildcard_constraints:
         source=one_of(PLAN.sources_in_mode("combine")),
     conda:

@@ -11,6 +11,8 @@ rule climatology:
         CLIMATOLOGY,
     log:
         "logs/climatology.log",
+    benchmark:
+        "results/benchmarks/climatology.tsv"
     conda:
         "../../envs/geo.yaml"
     params:
@@ -37,6 +39,8 @@ rule evaluate:
         error_maps="results/eval/{run}/error_maps.nc",
     log:
         "logs/evaluate/{run}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{run}.tsv"
     conda:
         "../../envs/train.yaml"
     params:
@@ -63,6 +67,8 @@ rule predict:
         "results/predict/{run}/forecast.nc",
     log:
         "logs/predict/{run}.log",
+    benchmark:
+        "results/benchmarks/predict/{run}.tsv"
     conda:
         "../../envs/train.yaml"
     params:

@@ -17,6 +17,8 @@ rule report_loss:
         ),
     log:
         "logs/report_loss/{run}.log",
+    benchmark:
+        "results/benchmarks/report_loss/{run}.tsv"
     conda:
         "../../envs/report.yaml"
     shell:
@@ -36,6 +38,8 @@ rule report_scores:
         ),
     log:
         "logs/report_scores/{run}.log",
+    benchmark:
+        "results/benchmarks/report_scores/{run}.tsv"
     conda:
         "../../envs/report.yaml"
     shell:
@@ -55,6 +59,8 @@ rule report_lead:
         ),
     log:
         "logs/report_lead/{run}.log",
+    benchmark:
+        "results/benchmarks/report_lead/{run}.tsv"
     conda:
         "../../envs/report.yaml"
     shell:
@@ -74,6 +80,8 @@ rule report_error_maps:
         ),
     log:
         "logs/report_error_maps/{run}.log",
+    benchmark:
+        "results/benchmarks/report_error_maps/{run}.tsv"
     conda:
         "../../envs/report.yaml"
     shell:
@@ -94,6 +102,8 @@ rule report_forecast_maps:
         ),
     log:
         "logs/report_forecast_maps/{run}.log",
+    benchmark:
+        "results/benchmarks/report_forecast_maps/{run}.tsv"
     conda:
         "../../envs/report.yaml"
     params:
@@ -116,6 +126,8 @@ rule report_suitability_maps:
         ),
     log:
         "logs/report_suitability_maps/{run}.log",
+    benchmark:
+        "results/benchmarks/report_suitability_maps/{run}.tsv"
     conda:
         "../../envs/report.yaml"
     shell:
@@ -135,6 +147,8 @@ rule report_sdm:
         ),
     log:
         "logs/report_sdm/{run}/{set}.log",
+    benchmark:
+        "results/benchmarks/report_sdm/{run}/{set}.tsv"
     wildcard_constraints:
         set=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     conda:
@@ -158,6 +172,8 @@ if ablation_runs():
             ),
         log:
             "logs/report_ablations.log",
+        benchmark:
+            "results/benchmarks/report_ablations.tsv"
         conda:
             "../../envs/report.yaml"
         params:

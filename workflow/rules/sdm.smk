@@ -17,6 +17,8 @@ rule finetune:
         summary="results/sdm/{run}/{set}/summary.json",
     log:
         "logs/finetune/{run}/{set}.log",
+    benchmark:
+        "results/benchmarks/finetune/{run}/{set}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -41,6 +43,8 @@ rule species_glm:
         SPECIES_GLM,
     log:
         "logs/species_glm.log",
+    benchmark:
+        "results/benchmarks/species_glm.tsv"
     conda:
         "../../envs/train.yaml"
     params:

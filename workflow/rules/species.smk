@@ -39,6 +39,8 @@ rule species_table:
         SPECIES_TABLE,
     log:
         "logs/species_table.log",
+    benchmark:
+        "results/benchmarks/species_table.tsv"
     conda:
         "../../envs/sources.yaml"
     params:

@@ -9,6 +9,8 @@ rule stats_partial:
         "results/stats/partial/{period}.json",
     log:
         "logs/stats_partial/{period}.log",
+    benchmark:
+        "results/benchmarks/stats_partial/{period}.tsv"
     conda:
         "../../envs/geo.yaml"
     params:
@@ -28,6 +30,8 @@ rule stats:
         "results/stats/stats.json",
     log:
         "logs/stats.log",
+    benchmark:
+        "results/benchmarks/stats.tsv"
     conda:
         "../../envs/geo.yaml"
     params:

@@ -9,6 +9,8 @@ rule tile:
         "results/tiles/{modality}/{period}.nc",
     log:
         "logs/tile/{modality}/{period}.log",
+    benchmark:
+        "results/benchmarks/tile/{modality}/{period}.tsv"
     conda:
         "../../envs/geo.yaml"
     params:

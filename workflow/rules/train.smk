@@ -22,6 +22,8 @@ rule train:
         metrics="results/models/{run}/metrics.jsonl",
     log:
         "logs/train/{run}.log",
+    benchmark:
+        "results/benchmarks/train/{run}.tsv"
     conda:
         "../../envs/train.yaml"
     threads: 2
