@@ -421,11 +421,21 @@ def record_chunks(path: str | Path, species: pd.DataFrame, rows: int = CHUNK_ROW
                   ) -> Iterator[pd.DataFrame]:  # fmt: skip
     """:func:`records`' table ``rows`` records at a time, reading the download as it goes
     (one chunk in memory)."""
+    for table, _q in counted_chunks(path, species, rows):
+        yield table
+
+
+def counted_chunks(path: str | Path, species: pd.DataFrame, rows: int = CHUNK_ROWS
+                   ) -> Iterator[tuple[pd.DataFrame, Quarantine]]:  # fmt: skip
+    """:func:`record_chunks` with each chunk's quarantine (its rows read, as :func:`records`
+    counts them); a download without records gives one empty chunk."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such GBIF download")
     for raw, where in _read_chunks(path, rows):
-        yield _record_table(raw, where, species)
+        q = Quarantine(where)
+        q.saw(len(raw))
+        yield _record_table(raw, where, species), q
 
 
 def _record_table(raw: pd.DataFrame, where: str, species: pd.DataFrame) -> pd.DataFrame:
@@ -584,6 +594,12 @@ class GBIF(OccurrenceSource):
                 ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:  # fmt: skip
         (path,) = files
         return records(path, read_species(study.species))
+
+    def record_chunks(self, files: Sequence[str | Path], study: Study, rows: int
+                      ) -> Iterator[tuple[pd.DataFrame, Quarantine]]:  # fmt: skip
+        """The download read ``rows`` records at a time (:func:`counted_chunks`)."""
+        (path,) = files
+        return counted_chunks(path, read_species(study.species), rows)
 
 
 register(GBIF())

@@ -8,7 +8,7 @@ source (``bfm.sources.occurrences``) combines the records of all of them into on
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -96,6 +96,15 @@ class OccurrenceSource(Source):
         self, files: Sequence[str | Path], study: Study
     ) -> tuple[pd.DataFrame, pd.DataFrame, Quarantine]:
         """The record table, the media table and what could not be read (counted)."""
+
+    def record_chunks(self, files: Sequence[str | Path], study: Study, rows: int
+                      ) -> Iterator[tuple[pd.DataFrame, Quarantine]]:  # fmt: skip
+        """:meth:`records`' table in chunks of about ``rows`` records, in order, each with
+        what its reading counted (at least one chunk, possibly empty). By default the whole
+        table at once: the API downloads (iNaturalist, Xeno-canto, BOLD) are small; GBIF's
+        is streamed."""
+        table, _media, q = self.records(files, study)
+        yield table, q
 
     def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:
         raise ValueError(f"{self.name}: has no modality; its records reach the tiles through "

@@ -15,6 +15,10 @@ or ``file``) and reads it into the record table of the occurrence contract
    table is stored by period (``bfm.sources.occurrence_store``: row groups of one pair of
    start and end months, sorted by ``start`` and ``record_id`` within) so that a month's
    tile reads only the rows that overlap it, and gets them in ``(start, record_id)`` order.
+   Memory stays bounded (``bfm.sources.occurrence_spill``): a member is read a chunk at a
+   time (GBIF's download streamed; the small API downloads whole), each chunk cleaned and
+   set aside on disk by start month; only keys of the ids stay in memory until the months
+   are read back, one at a time, sorted and written.
 2. **Tile** (``species_occurrence``, per month): records per species, cell and step. A record
    whose date is coarser than the step (a date-only record at a 6-hourly step, a month at a
    daily step) is, by option ``date_precision``: ``exclude`` (default: it counts in no step;
@@ -39,7 +43,9 @@ source), ``max_uncertainty_m`` (default 10000; ``null`` keeps every uncertainty)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -57,6 +63,7 @@ from bfm.fileio import atomic_path
 from bfm.sources import occurrence_store
 from bfm.sources.base import Source, Study, register
 from bfm.sources.occurrence_base import OccurrenceSource
+from bfm.sources.occurrence_spill import CHUNK_ROWS, SEQ, SeenKeys, Spill
 from bfm.species_list import read_species
 
 if TYPE_CHECKING:
@@ -123,38 +130,85 @@ def window(study: Study) -> tuple[pd.Timestamp, pd.Timestamp]:
     return start, pd.Timestamp(study.end) + timeaxis.offset(study.step)
 
 
-def combine(study: Study, out: Path) -> Path:
+def set_aside(table: pd.DataFrame, q: Quarantine, study: Study, opts: Mapping[str, Any]
+              ) -> pd.DataFrame:  # fmt: skip
+    """The records of ``table`` that the contract keeps (``contract.clean``) and that lie on
+    the grid and in the window; the others counted in ``q`` by reason."""
+    t0, t1 = window(study)
+    table = contract.clean(table, q, max_uncertainty_m=opts["max_uncertainty_m"])
+    inside = study.grid.contains(table["latitude"].to_numpy(), table["longitude"].to_numpy())
+    table = q.drop(~inside, Reason.OUTSIDE_GRID, table)
+    start, end = table["start"].to_numpy(), table["end"].to_numpy()
+    overlaps = (end >= np.datetime64(t0)) & (start < np.datetime64(t1))
+    overlaps &= ~((end == np.datetime64(t0)) & (end > start))  # ends as the window begins
+    return q.drop(~overlaps, Reason.OUTSIDE_WINDOW, table)
+
+
+def spill_member(member: OccurrenceSource, study: Study, opts: Mapping[str, Any],
+                 spill: Spill, chunk_rows: int) -> tuple[Quarantine, dict[str, int]]:  # fmt: skip
+    """Clean and set aside one member's records a chunk at a time into ``spill``; its
+    quarantine and the media it dropped (not records: they keep their place)."""
+    q: Quarantine | None = None
+    media_dropped: dict[str, int] = {}
+    seen = SeenKeys()  # contract.clean's first-of-each record_id, across chunks
+    for table, part in member.record_chunks(member_files(member, study), study, chunk_rows):
+        for r in [r for r in part.dropped if r in MEDIA_REASONS]:
+            media_dropped[r] = media_dropped.get(r, 0) + part.dropped.pop(r)
+            part.examples.pop(r, None)
+        if q is None:
+            q = Quarantine(part.where)
+        q.merge(part)
+        spill.largest = max(spill.largest, len(table))
+        table = q.drop(seen.repeated(table["record_id"]), Reason.DUPLICATE, table)
+        spill.add(set_aside(table, q, study, opts))
+    if q is None:
+        raise ValueError(f"{member.name}: record_chunks gave no chunk (not even an empty one)")
+    return q, media_dropped
+
+
+def combine(study: Study, out: Path, chunk_rows: int = CHUNK_ROWS) -> Path:
     """Clean, set aside and de-duplicate the members' records into ``out`` (parquet, stored
-    by period) and ``<out>.quarantine.json``."""
+    by period) and ``<out>.quarantine.json``, ``chunk_rows`` records of a member at a time
+    (``bfm.sources.occurrence_spill``: the output is the same as when held whole)."""
+    return combine_counted(study, out, chunk_rows)[0]
+
+
+def combine_counted(study: Study, out: Path, chunk_rows: int = CHUNK_ROWS
+                    ) -> tuple[Path, int]:  # fmt: skip
+    """:func:`combine`, and the most records it held at once (a chunk, or a start month)."""
     opts = options(study)
     total = Quarantine(str(out))
     per_source: dict[str, dict[str, Any]] = {}
-    cleaned: dict[str, pd.DataFrame] = {}
-    t0, t1 = window(study)
-    for member in members(study):
-        files = member_files(member, study)
-        table, _media, q = member.records(files, study)
-        media_dropped = {r: q.dropped.pop(r) for r in list(q.dropped) if r in MEDIA_REASONS}
-        for r in media_dropped:
-            q.examples.pop(r, None)
-        table = contract.clean(table, q, max_uncertainty_m=opts["max_uncertainty_m"])
-        inside = study.grid.contains(table["latitude"].to_numpy(), table["longitude"].to_numpy())
-        table = q.drop(~inside, Reason.OUTSIDE_GRID, table)
-        start, end = table["start"].to_numpy(), table["end"].to_numpy()
-        overlaps = (end >= np.datetime64(t0)) & (start < np.datetime64(t1))
-        overlaps &= ~((end == np.datetime64(t0)) & (end > start))  # ends as the window begins
-        table = q.drop(~overlaps, Reason.OUTSIDE_WINDOW, table)
-        cleaned[member.name] = table
-        per_source[member.name] = q.report(extra={"media_dropped": media_dropped})
-        total.merge(q)
-    both = contract.deduplicate(cleaned, total)
-    both = both.sort_values(["start", "record_id"], kind="stable", ignore_index=True)
-    for name in per_source:  # a republication kept once counts as a duplicate of its source
-        per_source[name]["kept"] = int((both["source"] == name).sum())
-    with atomic_path(out) as tmp:
-        occurrence_store.write_by_period([both], tmp, "start", "end", RECORD_ORDER)
-    total.write(out, kept=len(both), extra={"sources": per_source, "options": opts})
-    return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.spill-") as tmp:
+        spill = Spill(Path(tmp))
+        for member in members(study):
+            q, media_dropped = spill_member(member, study, opts, spill, chunk_rows)
+            per_source[member.name] = q.report(extra={"media_dropped": media_dropped})
+            total.merge(q)
+        keep, example = spill.deduplicate()
+        kept: Counter[str] = Counter()
+        repeat_id: list[str] = []
+
+        def sorted_months() -> Iterator[pd.DataFrame]:
+            for month in spill.months():
+                seq = month[SEQ].to_numpy()
+                if example is not None and (hit := np.flatnonzero(seq == example)).size:
+                    repeat_id.append(str(month["record_id"].iloc[hit[0]]))
+                month = contract.conform(month[keep[seq]], str(out))
+                kept.update(month["source"].value_counts().to_dict())
+                yield month.sort_values(RECORD_ORDER, kind="stable", ignore_index=True)
+
+        with atomic_path(out) as path:
+            written = occurrence_store.write_by_period(
+                [contract.empty()] if spill.empty else sorted_months(), path, "start",
+                "end", RECORD_ORDER)  # fmt: skip
+    # a republication kept once counts as a duplicate of its source
+    total.count(Reason.DUPLICATE, int((~keep).sum()), repeat_id[0] if repeat_id else "")
+    for name in per_source:
+        per_source[name]["kept"] = int(kept[name])
+    total.write(out, kept=written, extra={"sources": per_source, "options": opts})
+    return out, spill.largest
 
 
 def effort_origin(study: Study) -> tuple[str, str]:
