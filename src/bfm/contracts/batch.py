@@ -298,11 +298,17 @@ def read_batch(path: str | Path, require: tuple[str, ...] = (),
             return _read(f, path, require, only, time)
     except BatchError:
         raise
-    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
-        raise BatchError(
-            f"{path}: damaged or unreadable ({type(err).__name__}: {err}); "
-            "delete it and rerun the workflow to rebuild it"
-        ) from err
+    except READ_ERRORS as err:
+        raise damaged(path, err) from err
+
+
+READ_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+
+
+def damaged(path: str | Path, err: BaseException) -> BatchError:
+    """The error of a batch file that HDF5 or its attributes could not be read from."""
+    return BatchError(f"{path}: damaged or unreadable ({type(err).__name__}: {err}); "
+                      "delete it and rerun the workflow to rebuild it")  # fmt: skip
 
 
 def _header(f: h5py.File, path: Path) -> tuple[Grid, tuple[pd.Timestamp, ...], list[str]]:

@@ -28,6 +28,7 @@ import pandas as pd
 from bfm.contracts.batch import (
     COMPRESSION,
     INNER_COORD,
+    READ_ERRORS,
     Batch,
     BatchError,
     Compression,
@@ -35,6 +36,7 @@ from bfm.contracts.batch import (
     _root_attrs,
     _spec,
     _write,
+    damaged,
     filters,
 )
 from bfm.contracts.catalogue import DimsKind
@@ -77,11 +79,8 @@ class BatchFile:
             return fn(*args)
         except BatchError:
             raise
-        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
-            raise BatchError(
-                f"{self.path}: damaged or unreadable ({type(err).__name__}: {err}); "
-                "delete it and rerun the workflow to rebuild it"
-            ) from err
+        except READ_ERRORS as err:
+            raise damaged(self.path, err) from err
 
     def _group(self, name: str) -> h5py.Group:
         if name not in self._groups:

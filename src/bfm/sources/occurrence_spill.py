@@ -48,7 +48,7 @@ def keys(values: pd.Series) -> np.ndarray:
     return out
 
 
-def first_of_each(key: np.ndarray) -> np.ndarray:
+def repeats(key: np.ndarray) -> np.ndarray:
     """Mask of the keys that repeat an earlier one of ``key`` (the first of each is False)."""
     return pd.DataFrame({"a": key["a"], "b": key["b"]}).duplicated(keep="first").to_numpy()
 
@@ -68,7 +68,7 @@ class SeenKeys:
             at = np.searchsorted(self.sorted, new)
             inside = at < len(self.sorted)
             before[inside] = self.sorted[at[inside]] == new[inside]
-        repeat = before | first_of_each(new)
+        repeat = before | repeats(new)
         fresh = np.sort(new[~repeat])
         self.sorted = np.insert(self.sorted, np.searchsorted(self.sorted, fresh), fresh)
         return repeat
@@ -124,12 +124,10 @@ class Spill:
         self._ident, self._original = [], []
         # by identity, and within one by the rule's rank: (not original, _seq)
         order = np.lexsort((np.arange(self.n), ~original, ident["b"], ident["a"]))
+        ranked = ident[order]
         repeat = np.zeros(self.n, dtype=bool)
-        for field in ("a", "b"):
-            ranked = ident[field][order]
-            same = ranked[1:] == ranked[:-1]
-            repeat[1:] = same if field == "a" else repeat[1:] & same
-            del ranked, same
+        repeat[1:] = ranked[1:] == ranked[:-1]  # both halves of the key equal
+        del ranked
         dropped = order[repeat]
         keep = np.ones(self.n, dtype=bool)
         keep[dropped] = False
