@@ -21,6 +21,7 @@ from bfm.testing import PROVENANCE, mock_batch, random_values, write_sequence, w
 from bfm.training import data as data_module
 from bfm.training.data import BatchPairs, MicroBatches, Order, normalise_in_place, to_sample
 from bfm.training.engine import sample_indices
+from bfm.training.fill import SampleArrays, finish_raw
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,16 @@ def _flat(sample: object) -> list[torch.Tensor]:
 
 
 def _same(a: object, b: object) -> bool:
+    """Every tensor equal in dtype, shape and value (NaN where the other has NaN)."""
     ta, tb = _flat(a), _flat(b)
-    return len(ta) == len(tb) and all(torch.equal(x, y) for x, y in zip(ta, tb, strict=True))
+
+    def equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+        if torch.equal(x, y):
+            return True
+        nan = torch.isnan(x) & torch.isnan(y) if x.is_floating_point() else False
+        return x.dtype == y.dtype and x.shape == y.shape and bool(((x == y) | nan).all())
+
+    return len(ta) == len(tb) and all(equal(x, y) for x, y in zip(ta, tb, strict=True))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -61,15 +70,10 @@ def test_loader_gives_the_samples_of_train_step_in_order(pairs: BatchPairs, work
     try:
         for k in range(3, 7):
             want = [pairs[i] for i in sample_indices(len(pairs), k * 2 + 1, 2, 7)]
-            got = loader.get(k)
+            got = loader.sample(k, "cpu", torch.float32)
             assert got.input.inputs["surface"].shape[0] == 2
-            assert (
-                got.input.missing is not None and got.input.missing["surface"].dtype == torch.bool
-            )
-            # The masks travel as bool; on the model's side they are what train_step had.
-            assert _same(
-                got.to("cpu", torch.float32), type(got).collate(want).to("cpu", torch.float32)
-            )
+            # Raw values and no masks travel; on the model's side they are what train_step had.
+            assert _same(got, Sample.collate(want).to("cpu", torch.float32))
     finally:
         loader.close()
 
@@ -82,12 +86,13 @@ def test_a_worker_refills_a_slot_only_once_its_micro_batch_is_unused(pairs: Batc
     loader = MicroBatches(pairs, order, 0, 10, workers=1, prefetch=1)
 
     def want(k: int) -> object:
-        return Sample.collate([pairs.sample(i, compact=True) for i in order.indices(k)])
+        samples = [pairs.sample(i, compact=True) for i in order.indices(k)]
+        return Sample.collate(samples).to("cpu", torch.float32)
 
     kept = {}
     try:
         for k in range(10):
-            got = loader.get(k)
+            got = loader.sample(k, "cpu", torch.float32)
             assert _same(got, want(k)), k
             if k % 2 == 0:
                 kept[k] = got
@@ -101,10 +106,32 @@ def test_a_worker_refills_a_slot_only_once_its_micro_batch_is_unused(pairs: Batc
 
 def test_pinning_maps_every_tensor_of_a_micro_batch(pairs: BatchPairs) -> None:
     # What the DataLoader's pin thread does on CUDA (MicroBatch.pin_memory), with clone for pin.
-    sample = pairs.sample(0, compact=True)
-    copied = data_module._map_tensors(sample, torch.clone)
-    assert type(copied) is type(sample) and _same(copied, sample)
-    assert all(a is not b for a, b in zip(_flat(copied), _flat(sample), strict=True))
+    raw = SampleArrays.allocate(pairs.layout, pairs.grid, 1, shared=False, masks=False)
+    pairs.read(0, raw, 0)
+    assert raw.missing == {} and raw.mask == {}  # the masks are made where the sample goes
+    for item in (raw, pairs.sample(0, compact=True)):
+        copied = data_module._map_tensors(item, torch.clone)
+        assert type(copied) is type(item) and _same(copied, item)
+        assert all(a is not b for a, b in zip(_flat(copied), _flat(item), strict=True))
+
+
+@pytest.mark.parametrize("on", ["numpy", "torch"])
+def test_a_raw_micro_batch_finishes_into_to_samples_bits(pairs: BatchPairs, on: str) -> None:
+    # A worker reads raw values; the training process normalises and masks them: field by
+    # field in numpy on a CPU, whole groups in torch on a GPU (here torch on the CPU). Both
+    # are the collated to_sample of the pairs, NaN inputs, count targets and categories too.
+    raw = SampleArrays.allocate(pairs.layout, pairs.grid, 2, shared=False, masks=False)
+    for b, i in enumerate((3, 0)):
+        pairs.read(i, raw, b)
+    assert bool(torch.isnan(raw.inputs["surface"]).any())  # the holes of the fixture, raw
+    got = finish_raw(raw, pairs.layout, pairs.norm, torch.device("cpu"), torch.float32, on=on)
+    loaded = [pairs.load(i) for i in (3, 0)]
+    want = Sample.collate([to_sample(x, y, pairs.layout, pairs.norm) for x, y in loaded])
+    assert _same(got, want.to("cpu", torch.float32))
+    layout = pairs.layout
+    assert any(layout.categorical(g) for g in layout.groups)
+    assert layout.count_channels("species").any()
+    assert not bool(got.mask["surface"][1, pairs.layout.variables("surface").index("msl"), 2, 3])
 
 
 def test_the_ranks_micro_batches_cover_each_epoch_once(pairs: BatchPairs) -> None:
@@ -220,8 +247,12 @@ def test_bench_loader_reports_rates_ratios_and_the_compressions(tmp_path: Path, 
     assert set(rates) == {0, 1} and all(r["samples"] == 2 for r in rates.values())
     assert rates[1]["ratio_to_1_worker"] == 1.0
     assert rates[0]["ratio_to_1_worker"] == rates[0]["samples_per_s"] / rates[1]["samples_per_s"]
+    # A worker's CPU (reading) and the training process's (normalising) apart; in-process, one
+    assert rates[1]["worker_cpu_s_per_sample"] > 0 and rates[0]["worker_cpu_s_per_sample"] is None
+    assert rates[1]["training_process_cpu_s_per_sample"] > 0
     printed = capsys.readouterr().out
     assert "1 worker(s):" in printed and "0 / 1 worker:" in printed and "/ gzip: read" in printed
+    assert "in a worker (reading)" in printed
 
 
 def test_bench_loader_rejects_a_malformed_grid(caplog) -> None:

@@ -22,17 +22,19 @@ one sample per micro-batch, the order of ``bfm train``) runs ``--passes`` passes
 pairs for each of ``--workers`` (0 = in the calling process): samples per second (wall
 time; the first micro-batch, which starts the workers, is not timed), per worker, the ratio to
 1 worker, and the CPU seconds per sample of this process and its workers together (what a
-sample costs a core, whatever else the machine runs). With fewer cores than workers + 1 the
-workers share the cores: read the ratios with the CPU count (printed) in mind. A worker makes
+sample costs a core, whatever else the machine runs), then the workers' (reading) and the
+training process's (normalising and masking, as ``bfm train`` does on its device) apart.
+With fewer cores than workers + 1 the workers share the cores: read the ratios with the CPU
+count (printed) in mind. A worker makes
 its shared-memory slots (``bfm.training.fill.SlotPool``, prefetch + 3) in its first samples
 and reuses them after: the default 6 passes (30 samples) show mostly what training sees.
 
-Measured at the Europe grid (benchmarks/README.md): a sample costs 0.16-0.19 CPU s in a
-worker (0.42 before the slots and the in-place decoding), 0.18 in-process (0.21). Of a
-worker's sample, HDF5's decoding of the 72 MB it reads is ~45 % (its Blosc/LZ4 filter,
-Fletcher-32 checksums, copies from the page cache and from the chunk buffer), the float64
-normalisation that keeps the samples bit for bit what they were ~25 %, h5py's per-object
-calls the rest.
+Measured at the Europe grid (benchmarks/README.md): a worker only reads (0.110 CPU s a
+sample: HDF5's decoding of the 72 MB a sample reads, its Blosc/LZ4 filter and Fletcher-32
+checksums, is most of it) and the training process normalises and masks the raw values on
+its device (``bfm.training.fill.finish_raw``; on this CPU 0.06-0.07 s, on a GPU next to
+nothing): 1 worker gives 10.1 samples/s on the 2-core machine. The figures of the worker and
+of the training process are printed apart: the worker's is what a GPU node's loader costs.
 
 Examples:
 
@@ -178,12 +180,10 @@ def loader_rate(paths: Sequence[Path], workers: int, passes: int, prefetch: int,
     loader = MicroBatches(data, order, 0, total, workers=workers, prefetch=prefetch,
                           pin_memory=cuda)  # fmt: skip
 
-    def take(k: int) -> None:
-        sample = loader.get(k)
-        if cuda:
-            sample.to(device, torch.float32)
+    def take(k: int) -> None:  # as train_step: finished (normalised, masked) on the device
+        loader.sample(k, device, torch.float32)
 
-    cpu = _cpu_seconds()  # CPU: every sample, the first too (the workers make them all)
+    own, workers_cpu = _cpu_split()  # CPU: every sample, the first too (workers make them all)
     try:
         take(0)  # not timed: the workers start, the first files are opened
         started = time.perf_counter()
@@ -194,19 +194,23 @@ def loader_rate(paths: Sequence[Path], workers: int, passes: int, prefetch: int,
         seconds = time.perf_counter() - started
     finally:
         loader.close()  # joins the workers: their CPU time is counted once they are gone
-    cpu = _cpu_seconds() - cpu
+    own_after, workers_after = _cpu_split()
+    own, workers_cpu = own_after - own, workers_after - workers_cpu
     rate = (total - 1) / seconds
     return {"workers": workers, "device": device, "samples": total - 1, "seconds": seconds,
             "samples_per_s": rate, "per_worker": rate / max(workers, 1),
-            "cpu_s_per_sample": cpu / total}  # fmt: skip
+            "cpu_s_per_sample": (own + workers_cpu) / total,
+            "worker_cpu_s_per_sample": workers_cpu / total if workers else None,
+            "training_process_cpu_s_per_sample": own / total}  # fmt: skip
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (the workers)."""
+def _cpu_split() -> tuple[float, float]:
+    """User + system CPU seconds of this process, and of its finished children (the
+    workers)."""
     own, children = (
         resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
     )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def print_against_gzip(rows: list[dict[str, Any]]) -> None:
@@ -264,6 +268,12 @@ def run(args: argparse.Namespace) -> int:
                   f"({r['per_worker']:.2f} per worker), {r['cpu_s_per_sample']:.3f} CPU s per "
                   f"sample: {1 / r['cpu_s_per_sample']:.2f} samples/s per busy core",
                   flush=True)  # fmt: skip
+            if n:
+                one = r["worker_cpu_s_per_sample"]
+                print(f"    in a worker (reading) {one:.3f} CPU s a sample: {1 / one:.2f} "
+                      f"samples/s per worker on a busy core; in the training process "
+                      f"(normalising, masking, on the CPU here) "
+                      f"{r['training_process_cpu_s_per_sample']:.3f} s", flush=True)  # fmt: skip
         print_against_one_worker(rates)
         report["loader"] = rates
     if args.json:

@@ -17,9 +17,13 @@ sample's arrays (``bfm.training.fill``: each field once, normalised in place, bi
 
 Feeding the model (``MicroBatches``): ``bfm train`` takes micro-batches from a
 ``torch.utils.data.DataLoader`` whose worker processes (``train.loader_workers``, 0 = in the
-training process) read, normalise and collate them ahead of the step that needs them
+training process) read and collate them ahead of the step that needs them
 (``train.prefetch`` micro-batches per worker), into pinned memory on CUDA; so reading
-overlaps the model's compute. Micro-batch ``k`` of a rank holds the samples
+overlaps the model's compute. A worker only reads: the values travel as they are in the
+files, and the training process normalises and masks them where they go
+(``bfm.training.fill.finish_raw``: on the GPU, where that arithmetic costs next to nothing;
+on a CPU, field by field in place), with ``to_sample``'s bits either way. Micro-batch ``k``
+of a rank holds the samples
 ``bfm.training.engine.sample_indices(n, k * world + rank, micro, seed)``, the order of a
 single process reading in the step (resumed runs start at the checkpoint's micro-batch), and
 the loader hands them over in that order whatever the number of workers. A worker collates
@@ -48,7 +52,7 @@ from bfm.contracts.layout import Layout, Normaliser
 from bfm.contracts.sample import ModelInput, Sample
 from bfm.contracts.stats import Stats
 from bfm.training.engine import sample_indices
-from bfm.training.fill import SampleArrays, SlotPool, fill_sample
+from bfm.training.fill import SampleArrays, SlotPool, fill_sample, finish_raw, read_sample
 
 DEFAULT_WORKERS = 2  # train.loader_workers
 DEFAULT_PREFETCH = 2  # train.prefetch: micro-batches each worker reads ahead
@@ -237,6 +241,14 @@ class BatchPairs(Dataset):
         with BatchFile(pair.input) as x, BatchFile(pair.target) as y:
             fill_sample(x, y, self.layout, self.norm, self.grid, out, b)
 
+    def read(self, i: int, out: SampleArrays, b: int) -> None:
+        """Sample ``i`` as it is in the files, into raw sample ``b`` of ``out``
+        (``read_sample``; ``finish_raw`` normalises and masks it): ``fill`` without the
+        arithmetic, what a loader worker does."""
+        pair = self.pairs[i]
+        with BatchFile(pair.input) as x, BatchFile(pair.target) as y:
+            read_sample(x, y, self.layout, self.grid, out, b)
+
     @property
     def names(self) -> list[str]:
         """File names of every batch the samples use, sorted."""
@@ -276,34 +288,36 @@ class Order:
 
 @dataclass
 class MicroBatch:
-    """Micro-batch number ``k`` of a rank, collated; pinnable by the DataLoader."""
+    """Micro-batch number ``k`` of a rank, collated and raw (values as in the files, no
+    masks: ``finish_raw``); pinnable by the DataLoader."""
 
     k: int
-    sample: Sample
+    arrays: SampleArrays
     slot: tuple[int, int] | None = None  # the worker's SlotPool slot it lies in, if any
-    source: Sample | None = None  # pinned: the slot's tensors it was copied from
+    source: SampleArrays | None = None  # pinned: the slot's tensors it was copied from
 
     def pin_memory(self) -> MicroBatch:
-        pinned = _map_tensors(self.sample, lambda t: t.pin_memory())
-        return MicroBatch(self.k, pinned, self.slot, source=self.sample)
+        pinned = _map_tensors(self.arrays, lambda t: t.pin_memory())
+        return MicroBatch(self.k, pinned, self.slot, source=self.arrays)
 
 
 def _map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """``obj`` (Sample, ModelInput, dict, tensor, None) with ``fn`` applied to every tensor."""
+    """``obj`` (SampleArrays, Sample, ModelInput, dict, tensor, None) with ``fn`` applied to
+    every tensor."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, dict):
         return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    if isinstance(obj, Sample | ModelInput):
+    if isinstance(obj, SampleArrays | Sample | ModelInput):
         return type(obj)(*(_map_tensors(getattr(obj, f), fn) for f in obj.__dataclass_fields__))
     return obj
 
 
 class MicroBatchSet(Dataset):
-    """Item ``k``: micro-batch ``k`` of ``order`` over ``data``, collated (read in a worker).
-
-    The input masks travel as bool (``to_sample(compact=True)``): ~30 % fewer bytes to pass
-    between processes and to copy to the GPU; ``Sample.to`` makes them the model's dtype."""
+    """Item ``k``: micro-batch ``k`` of ``order`` over ``data``, collated raw (read in a
+    worker): the values as they are in the files, without masks (a quarter fewer bytes to
+    pass and to copy to the GPU); the training process finishes them where they go
+    (``MicroBatches.sample``)."""
 
     def __init__(self, data: BatchPairs, order: Order, pool: SlotPool | None = None) -> None:
         self.data, self.order, self.pool = data, order, pool or SlotPool(0, 0)
@@ -312,8 +326,8 @@ class MicroBatchSet(Dataset):
         indices = self.order.indices(k)
         out, slot = self.pool.take(self.data.layout, self.data.grid, len(indices))
         for b, i in enumerate(indices):  # collated in place: no copy of the samples
-            self.data.fill(i, out, b)
-        return MicroBatch(k, out.sample(), slot)
+            self.data.read(i, out, b)
+        return MicroBatch(k, out, slot)
 
 
 def _as_is(item: Any) -> Any:
@@ -323,8 +337,9 @@ def _as_is(item: Any) -> Any:
 class MicroBatches:
     """Micro-batches ``first, first + 1, ... < stop`` of ``order``, read ahead by a DataLoader.
 
-    ``get(k)`` returns micro-batch ``k``; they must be asked for in order (the loader reads
-    ahead in that order). ``workers=0`` reads in the calling process, when asked.
+    ``sample(k, device, dtype)`` returns micro-batch ``k`` finished on ``device`` (``get(k)``
+    the raw one); they must be asked for in order (the loader reads ahead in that order).
+    ``workers=0`` reads in the calling process, when asked.
     """
 
     def __init__(self, data: BatchPairs, order: Order, first: int, stop: int, *,
@@ -339,6 +354,7 @@ class MicroBatches:
         # Slots per worker: its prefetched micro-batches, the one in use and the one before it
         # (``batch = loader.get(k)`` drops the old batch only once get returns), a spare.
         self.pool = SlotPool(workers, prefetch + 3)
+        self.data = data
         self._held: dict[tuple[int, int], torch.UntypedStorage] = {}  # slot -> its storage
         self._out: set[tuple[int, int]] = set()  # slots handed out, not yet freed
         self.reused = 0  # micro-batches that came in a slot seen before
@@ -353,7 +369,14 @@ class MicroBatches:
         )
         self._it: Iterator[MicroBatch] | None = iter(self.loader) if stop > first else None
 
-    def get(self, k: int) -> Sample:
+    def sample(self, k: int, device: torch.device | str, dtype: torch.dtype) -> Sample:
+        """Micro-batch ``k`` on ``device``, normalised and masked there (``finish_raw``),
+        fields in ``dtype``: ``Sample.collate`` of ``to_sample`` of its pairs, bit for bit."""
+        return finish_raw(self.get(k), self.data.layout, self.data.norm, torch.device(device),
+                          dtype)  # fmt: skip
+
+    def get(self, k: int) -> SampleArrays:
+        """Raw micro-batch ``k`` (``read_sample``'s arrays, pinned on CUDA)."""
         if k != self.next or self._it is None:
             raise RuntimeError(f"micro-batch {k} asked for; the loader's next is {self.next}")
         self._free_unused()
@@ -361,7 +384,7 @@ class MicroBatches:
         assert item.k == k, f"the loader gave micro-batch {item.k} for {k}"
         self.next += 1
         if item.slot is not None:
-            storage = (item.source or item.sample).t0.untyped_storage()
+            storage = (item.source or item.arrays).t0.untyped_storage()
             self.reused += item.slot in self._held
             # Holding the slot's storage keeps it mapped here: when the slot comes back,
             # torch finds that mapping (by the file's inode) and maps or faults nothing anew.
@@ -370,7 +393,7 @@ class MicroBatches:
                 self._out.add(item.slot)  # handed out as it is: freed once unused
             else:
                 self.pool.release(item.slot)  # pinned: a copy was handed out
-        return item.sample
+        return item.arrays
 
     def _free_unused(self) -> None:
         """Free the slots of handed-out micro-batches none of whose tensors is referenced any

@@ -12,7 +12,8 @@ optimizer step (gradient_accumulation_steps micro-batches of train_micro_batch_s
 samples on every rank). Samples are drawn from a per-epoch permutation fixed by the seed,
 indexed by the global sample counter, so a resumed run sees the same samples as an
 uninterrupted one. DataLoader workers (config train.loader_workers, train.prefetch;
-bfm.training.data.MicroBatches) read and normalise them while the model computes. With
+bfm.training.data.MicroBatches) read them while the model computes; the step normalises
+and masks them on its device (bfm.training.fill.finish_raw). With
 --config (the workflow passes the study's), batches built under other
 settings than the config implies are refused.
 
@@ -290,7 +291,7 @@ def train_step(engine: Any, run: Run, first_micro: int, dtype: torch.dtype) -> f
     assert run.loader is not None, "_train_loop opens the loader"
     losses = []
     for m in range(ga):  # the loader's workers read the next micro-batches meanwhile
-        batch = run.loader.get(first_micro + m).to(engine.device, dtype)
+        batch = run.loader.sample(first_micro + m, engine.device, dtype)
         pred = engine(batch.input)
         loss = masked_loss(
             pred,
