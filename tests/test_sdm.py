@@ -191,6 +191,17 @@ def finetuned(sdm_batches, tiny_model, tmp_path_factory) -> tuple[Path, list[dic
 
 
 @pytest.mark.slow
+def test_the_cross_validation_is_the_same_in_one_process_and_in_two(sdm_batches, tiny_model,
+                                                                   tmp_path) -> None:  # fmt: skip
+    # Two processes take a replicate's CV scheme each (four tasks for two replicates): the
+    # same scores, in the same order, as one process doing them in turn.
+    settings = sdm.Settings(replicates=2, folds=2, head_steps=20, methods=("bfm", "glm"))
+    one, two = (sdm.finetune(tiny_model, sdm_batches, KEYS, ["Warm one", "Anywhere"], settings,
+                             tmp_path / str(jobs), jobs=jobs) for jobs in (1, 2))  # fmt: skip
+    assert len(one) == 2 * 2 * 2 and one == two
+
+
+@pytest.mark.slow
 def test_finetune_scores_every_species_method_and_scheme(finetuned):
     out, lines = finetuned
     assert {(x["species"], x["method"], x["cv"]) for x in lines} == {

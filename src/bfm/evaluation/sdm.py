@@ -546,27 +546,29 @@ def fold_assignments(points: Points, lat: np.ndarray, lon: np.ndarray, block: fl
 def cross_validate(points: Points, ex: Extracted, settings: Settings, block: float,
                    model: BFM | None = None, inputs: Sequence[ModelInput] = (),
                    jobs: int = 1) -> Scores:  # fmt: skip
-    """Every method, CV scheme, replicate and fold (module docstring); replicates run in
-    ``jobs`` processes (LoRA, which trains the model, in this one)."""
+    """Every method, CV scheme, replicate and fold (module docstring); each replicate's CV
+    schemes run in ``jobs`` processes (LoRA, which trains the model, in this one). A
+    replicate and scheme is one task: ten tasks for five replicates keep two processes busy
+    to the end (five replicates would leave one idle for the last); the scores are added in
+    the same order whatever ``jobs``."""
     methods = [m for m in settings.methods if m != "bfm" or ex.features is not None]
     if settings.lora and model is not None:
         methods.append("bfm_lora")
     args = (points, ex, settings, block, methods)
-    reps = range(settings.replicates)
-    bar = tqdm(total=settings.replicates, desc="cross-validation", unit="replicate", leave=False)
+    tasks = [(r, cv) for r in range(settings.replicates) for cv in CV_SCHEMES]
+    bar = tqdm(total=len(tasks), desc="cross-validation", unit="replicate-scheme", leave=False)
+    results = []
     if jobs > 1 and "bfm_lora" not in methods:
         from joblib import Parallel, delayed
 
-        results = []
         for res in Parallel(n_jobs=jobs, return_as="generator")(
-            delayed(_replicate)(*args, r) for r in reps
+            delayed(_replicate)(*args, r, schemes=(cv,)) for r, cv in tasks
         ):
             results.append(res)
             bar.update()
     else:
-        results = []
-        for r in reps:
-            results.append(_replicate(*args, r, model, inputs))
+        for r, cv in tasks:
+            results.append(_replicate(*args, r, model, inputs, schemes=(cv,)))
             bar.update()
     bar.close()
     scores = Scores()
@@ -578,15 +580,15 @@ def cross_validate(points: Points, ex: Extracted, settings: Settings, block: flo
 
 def _replicate(points: Points, ex: Extracted, settings: Settings, block: float,
                methods: Sequence[str], r: int, model: BFM | None = None,
-               inputs: Sequence[ModelInput] = ()
+               inputs: Sequence[ModelInput] = (), schemes: Sequence[str] = CV_SCHEMES
                ) -> dict[tuple[int, str, str], list[dict[str, float | None]]]:  # fmt: skip
-    """One replicate's folds of both CV schemes: per (species, method, cv), fold metrics."""
+    """One replicate's folds of the CV ``schemes``: per (species, method, cv), fold metrics."""
     torch.set_num_threads(1)
     n_s = len(points.presence)
     data = [points.dataset(s, r) for s in range(n_s)]
     folds = fold_assignments(points, ex.lat, ex.lon, block, settings, r)
     per: dict[tuple[int, str, str], list[dict[str, float | None]]] = {}
-    for cv in CV_SCHEMES:
+    for cv in schemes:
         for k in range(settings.folds):
             y = np.zeros((len(points), n_s), bool)
             train = np.zeros((len(points), n_s), bool)
