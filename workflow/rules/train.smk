@@ -26,7 +26,10 @@ rule train:
         "results/benchmarks/train/{run}.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: 2
+    # One CPU thread locally: the demo's tiny model gains ~15 % from a second one, two
+    # trainings side by side ~40 % (--set-threads train=N for more). On Snellius the profile
+    # sets the CPUs of a GPU (per rank).
+    threads: 1
     resources:
         mpi="",
     params:
