@@ -194,9 +194,15 @@ def test_bfm_tile_writes_era5_by_variable_and_other_sources_whole(monkeypatch, r
     modality = catalogue.modality("era5_surface")
     ERA5.write_tile([raw["era5_surface"]], modality, study(), "2010-01", PROV, tmp_path / "a.nc")
     assert calls == ["parts"]
-    # A source without parts (the default Source.write_tile): tile(), then write_tile.
-    monkeypatch.setattr(era5.ERA5, "write_tile", Source.write_tile)
-    ERA5.write_tile([raw["era5_surface"]], modality, study(), "2010-01", PROV, tmp_path / "b.nc")
+
+    class Whole(era5.ERA5):  # a source without parts (the default Source.tile_parts)
+        tile_parts = Source.tile_parts
+
+        def to_tile(self, native, *args):  # ERA5's tile, made whole
+            return era5.ERA5.tile_parts(self, native, *args).dataset()
+
+    # tile(), then write_tile
+    Whole().write_tile([raw["era5_surface"]], modality, study(), "2010-01", PROV, tmp_path / "b.nc")
     assert calls == ["parts", "whole"]
     assert (tmp_path / "a.nc").read_bytes() == (tmp_path / "b.nc").read_bytes()
 

@@ -30,7 +30,8 @@ Snakemake parses the Snakefile.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -43,6 +44,8 @@ from bfm.contracts.grid import Grid
 
 if TYPE_CHECKING:
     import xarray as xr
+
+    from bfm.contracts.tile import TileParts
 
 MODES = ("sample", "download", "file", "combine")
 
@@ -231,22 +234,38 @@ class Source(ABC):
     def tile(self, files: Sequence[str | Path], modality: Modality, study: Study, period: str,
              prov: Mapping[str, str]) -> xr.Dataset:  # fmt: skip
         """The tile of ``modality`` and ``period`` from the raw files."""
-        native = self.open(files, modality, study)
-        try:
+        with self._opened(files, modality, study) as native:
             return self.to_tile(native, modality, study, period, prov)
-        finally:
-            native.close()
+
+    def tile_parts(self, native: xr.Dataset, modality: Modality, study: Study, period: str,
+                   prov: Mapping[str, str]) -> TileParts | None:  # fmt: skip
+        """``to_tile`` made one data variable at a time (``contract.TileParts``), or None
+        (this default): the source makes its tile whole."""
+        return None
 
     def write_tile(self, files: Sequence[str | Path], modality: Modality, study: Study,
                    period: str, prov: Mapping[str, str], path: str | Path) -> Path:  # fmt: skip
-        """Build the tile (``tile``) and write it to ``path`` (``contract.write_tile``).
-
-        A source that makes its tile one data variable at a time overrides this to write each
-        as it is made (``contract.write_tile_parts``): the same file, a smaller peak memory.
-        """
+        """Build the tile and write it to ``path``: each variable as it is made where the
+        source has ``tile_parts`` (``contract.write_tile_parts``: the same file as
+        ``contract.write_tile`` of ``tile``, a smaller peak memory), else ``tile`` whole."""
         from bfm.contracts import tile as contract
 
-        return contract.write_tile(self.tile(files, modality, study, period, prov), path)
+        if type(self).tile_parts is Source.tile_parts:
+            return contract.write_tile(self.tile(files, modality, study, period, prov), path)
+        with self._opened(files, modality, study) as native:
+            parts = self.tile_parts(native, modality, study, period, prov)
+            assert parts is not None, f"{type(self).__name__}.tile_parts returned None"
+            return contract.write_tile_parts(parts, path)
+
+    @contextmanager
+    def _opened(self, files: Sequence[str | Path], modality: Modality, study: Study
+                ) -> Iterator[xr.Dataset]:  # fmt: skip
+        """``open``'s native Dataset, closed on leaving."""
+        native = self.open(files, modality, study)
+        try:
+            yield native
+        finally:
+            native.close()
 
     @abstractmethod
     def open(self, files: Sequence[str | Path], modality: Modality, study: Study) -> xr.Dataset:

@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from bfm.contracts import tile as tile_contract
 from bfm.contracts import timeaxis
 from bfm.contracts.catalogue import DEFAULT_LEVELS, Modality
 from bfm.contracts.grid import Grid
@@ -485,17 +484,6 @@ class ERA5(Source):
         prov: Mapping[str, str],
     ) -> xr.Dataset:
         return self.tile_parts(native, modality, study, period, prov).dataset()
-
-    def write_tile(self, files: Sequence[str | Path], modality: Modality, study: Study,
-                   period: str, prov: Mapping[str, str], path: str | Path) -> Path:  # fmt: skip
-        """The tile written one variable at a time (peak memory: one variable of the month
-        in memory, not all of them); the same file as ``write_tile(tile(...))``."""
-        native = self.open(files, modality, study)
-        try:
-            parts = self.tile_parts(native, modality, study, period, prov)
-            return tile_contract.write_tile_parts(parts, path)
-        finally:
-            native.close()
 
     def tile_parts(
         self,
