@@ -10,8 +10,10 @@ no training year still has a climatology). A point with no value in its window i
 
 Only training batches are read (``timeaxis.in_training``): the climatology never sees a
 held-out time. Memory is bounded: the channels are accumulated in blocks sized to
-``max_bytes`` (float64 sums and counts of every slot), each block a pass over the batches that
-reads only its channels (one chunk per 2-D field, ``bfm.contracts.batch``).
+``max_bytes`` (float64 sums and int32 counts of every slot), each block a pass over the
+batches that reads only its channels (one chunk per 2-D field, ``bfm.contracts.batch``), then
+smoothed a few latitude rows at a time and written one channel and hour at a time (one
+float32 ``(366, H, W)`` field beside the block, not copies of the block).
 
 File (HDF5): one group per dynamic batch group with dataset ``mean`` ``(366, n_hours, C, H,
 W)`` float32 (channels in the layout's order) and ``n`` ``(366, n_hours)`` (model times per
@@ -45,7 +47,8 @@ log = logging.getLogger(__name__)
 SCHEMA = "bfm-climatology/1"
 DAYS = 366
 WINDOW_DAYS = 15
-MAX_BYTES = 1 << 30  # accumulator memory per pass (float64 sums + counts)
+MAX_BYTES = 1 << 30  # accumulator memory per pass (float64 sums + int32 counts)
+SMOOTH_ROWS = 16  # latitude rows smoothed at once: a few MB of temporaries at the Europe grid
 
 
 def hours_of(step: str) -> tuple[int, ...]:
@@ -109,13 +112,24 @@ def _times(batches: Sequence[str]) -> list[tuple[str, int, pd.Timestamp]]:
 
 
 def smooth(sums: np.ndarray, counts: np.ndarray, window: int) -> np.ndarray:
-    """Circular box window of +-``window`` days over axis 0 of ``sums`` and ``counts``."""
-    s, c = np.zeros_like(sums), np.zeros_like(counts)
+    """Circular box window of +-``window`` days over axis 0 of ``sums`` and ``counts``: the
+    sum of ``np.roll`` by each shift from -window to window, in that order (so the same
+    float64 sums whatever the array's extent), without a rolled copy per shift."""
+    s, c = np.zeros(sums.shape), np.zeros_like(counts)
     for shift in range(-window, window + 1):
-        s += np.roll(sums, shift, axis=0)
-        c += np.roll(counts, shift, axis=0)
+        _add_rolled(s, sums, shift)
+        _add_rolled(c, counts, shift)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(c > 0, s / np.maximum(c, 1), np.nan)
+
+
+def _add_rolled(acc: np.ndarray, x: np.ndarray, shift: int) -> None:
+    """``acc += np.roll(x, shift, axis=0)``, in two slices instead of a rolled copy."""
+    n = x.shape[0]
+    k = shift % n
+    acc[k:] += x[: n - k]
+    if k:
+        acc[:k] += x[n - k :]
 
 
 def build(batches: Sequence[str], layout: Layout, out: str | Path, window: int = WINDOW_DAYS,
@@ -131,7 +145,7 @@ def build(batches: Sequence[str], layout: Layout, out: str | Path, window: int =
     hours = hours_of(step)
     times = _times(batches)
     cells = grid.n_lat * grid.n_lon
-    per_channel = DAYS * len(hours) * cells * 16  # float64 sum + float64 count
+    per_channel = DAYS * len(hours) * cells * 12  # float64 sum + int32 count
     block = max(1, int(max_bytes // per_channel))
     years = sorted({t.year for _, _, t in times})
     n = np.zeros((DAYS, len(hours)), np.int64)
@@ -152,7 +166,7 @@ def build(batches: Sequence[str], layout: Layout, out: str | Path, window: int =
             for c0 in range(0, len(reads), block):
                 part = reads[c0 : c0 + block]
                 sums = np.zeros((DAYS, len(hours), len(part), *grid.shape))
-                counts = np.zeros_like(sums)
+                counts = np.zeros(sums.shape, np.int32)
                 bar = tqdm(times, desc=f"climatology {g} {c0 + 1}-{c0 + len(part)}",
                            unit="time", file=sys.stderr,
                            mininterval=0.5 if sys.stderr.isatty() else 30.0)  # fmt: skip
@@ -174,7 +188,12 @@ def build(batches: Sequence[str], layout: Layout, out: str | Path, window: int =
                 finally:
                     if h is not None:
                         h.close()
-                mean[:, :, c0 : c0 + len(part)] = smooth(sums, counts, window).astype(np.float32)
+                field = np.empty((DAYS, *grid.shape), np.float32)
+                for h, j in np.ndindex(len(hours), len(part)):  # a field at a time, by rows
+                    for r in range(0, grid.n_lat, SMOOTH_ROWS):
+                        rows = slice(r, r + SMOOTH_ROWS)
+                        field[:, rows] = smooth(sums[:, h, j, rows], counts[:, h, j, rows], window)
+                    mean[:, h, c0 + j] = field
     log.info("wrote %s: %d model times of %s, window +-%d days", out, len(times),
              ", ".join(map(str, years)), window)  # fmt: skip
     return Path(out)
