@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -212,24 +213,25 @@ def read_sample(x: BatchFile, y: BatchFile, layout: Layout, grid: Grid, out: Sam
     out.t0.numpy()[b] = t0.value // 10**9
 
 
-def _fills(layout: Layout, group: str, target: bool) -> np.ndarray:
-    """What a missing value of each channel becomes: 0, or a category's own code (inputs)."""
-    fill = np.zeros(layout.n_channels(group), np.float32)
+def _rule(layout: Layout, norm: Normaliser, group: str, target: bool) -> tuple[Any, ...]:
+    """How a group's fields are finished (``_finish``'s arguments after the arrays): mean,
+    std, the channels kept as they are (a target's counts), what a missing value becomes (0,
+    or an input category's own code) and whether the mask marks the known values (targets)."""
+    n = layout.n_channels(group)
+    fill = np.zeros(n, np.float32)
     for channel, codes in () if target else layout.categorical(group):
         fill[channel] = codes
-    return fill
+    keep = layout.count_channels(group) if target else np.zeros(n, bool)
+    return norm.mean[group], norm.std[group], keep, fill, target
 
 
 def finish_sample(out: SampleArrays, b: int, layout: Layout, norm: Normaliser) -> None:
     """Normalise and mask raw sample ``b`` of ``out`` (``read_sample``) in place, one 2-D
     field at a time: ``to_sample``'s values and masks bit for bit."""
     for g in layout.groups:
-        n = layout.n_channels(g)
-        _finish(out.inputs[g].numpy()[b], out.missing[g].numpy()[b], norm.mean[g],
-                norm.std[g], np.zeros(n, bool), _fills(layout, g, False), False)  # fmt: skip
+        _finish(out.inputs[g].numpy()[b], out.missing[g].numpy()[b], *_rule(layout, norm, g, False))
     for g in layout.dynamic:
-        _finish(out.target[g].numpy()[b], out.mask[g].numpy()[b], norm.mean[g], norm.std[g],
-                layout.count_channels(g), _fills(layout, g, True), True)  # fmt: skip
+        _finish(out.target[g].numpy()[b], out.mask[g].numpy()[b], *_rule(layout, norm, g, True))
 
 
 def fill_sample(x: BatchFile, y: BatchFile, layout: Layout, norm: Normaliser, grid: Grid,
@@ -276,14 +278,11 @@ def finish_raw(raw: SampleArrays, layout: Layout, norm: Normaliser, device: torc
         return done.sample().to(device, dtype)
     inputs, missing, target, mask = {}, {}, {}, {}
     for g, t in raw.inputs.items():
-        n = layout.n_channels(g)
-        inputs[g], missing[g] = _finish_tensor(t.to(device, non_blocking=True), norm.mean[g],
-                                               norm.std[g], np.zeros(n, bool),
-                                               _fills(layout, g, False), False)  # fmt: skip
+        values = t.to(device, non_blocking=True)
+        inputs[g], missing[g] = _finish_tensor(values, *_rule(layout, norm, g, False))
     for g, t in raw.target.items():
-        target[g], mask[g] = _finish_tensor(t.to(device, non_blocking=True), norm.mean[g],
-                                            norm.std[g], layout.count_channels(g),
-                                            _fills(layout, g, True), True)  # fmt: skip
+        values = t.to(device, non_blocking=True)
+        target[g], mask[g] = _finish_tensor(values, *_rule(layout, norm, g, True))
     x = ModelInput(inputs, raw.lat.to(device), raw.lon.to(device), raw.time.to(device), missing)
     return Sample(x, target, mask, raw.t0.to(device)).to(device, dtype)
 
